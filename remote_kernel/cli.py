@@ -1,0 +1,61 @@
+"""``remote-kernel``: one traitlets application per subcommand.
+
+``remote-kernel serve | keys create | install | list | remove | demo``; ``--help`` on any of
+them lists its options (each a ``--Class.trait`` flag with its environment-variable twin).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from traitlets.config import Application
+
+from ._version import __version__
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "serve": (
+        "remote_kernel.server.app.ServerApp",
+        "Run the compute-session server (Backend.AI run-loop API over local Jupyter kernels).",
+    ),
+    "keys": ("remote_kernel.server.keystore.KeysApp", "Manage the server's keypairs."),
+    "install": (
+        "remote_kernel.kernelspec.InstallKernelSpecApp",
+        "Install a kernelspec that runs cells on a remote compute session.",
+    ),
+    "list": ("remote_kernel.kernelspec.ListKernelSpecsApp", "List installed remote kernelspecs."),
+    "remove": ("remote_kernel.kernelspec.RemoveKernelSpecApp", "Remove a remote kernelspec."),
+    "demo": (
+        "remote_kernel.demo.DemoApp",
+        "Start a throwaway server and run the tour notebook through the remote kernel.",
+    ),
+}
+
+
+class RemoteKernelCLI(Application):
+    """The ``remote-kernel`` command: dispatches to a subcommand."""
+
+    name = "remote-kernel"
+    version = __version__
+    description = "Run Jupyter cells on remote compute sessions."
+    subcommands = dict(SUBCOMMANDS)  # type: ignore[assignment]
+
+    def start(self) -> None:
+        if self.subapp is None:
+            self.print_help()
+            self.exit(2)
+        self.subapp.start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``remote-kernel`` console script; returns the exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    app = RemoteKernelCLI.instance()
+    try:
+        app.initialize(args)
+        app.start()
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        RemoteKernelCLI.clear_instance()
+    return 0

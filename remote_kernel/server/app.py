@@ -1,0 +1,260 @@
+"""``remote-kernel serve``: the ServerApp (settings) and ``make_app`` (the aiohttp application)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, default, validate
+from traitlets.config import Application, Config, catch_config_error
+
+from .._version import __version__
+from .appkeys import config_key, keystore_key, manager_key
+from .keystore import KeyStore, default_state_dir
+from .middleware import auth_middleware, error_middleware
+from .routes import setup_routes
+from .sessions import SessionManager
+
+ENV_PREFIX = "REMOTE_KERNEL_"
+
+
+def make_app(
+    manager: SessionManager,
+    keystore: KeyStore,
+    *,
+    extensions: bool = True,
+    auth_required: bool = True,
+    poll_hold: float = 1.0,
+    poll_coalesce: float = 0.005,
+    debug: bool = False,
+    max_request_bytes: int = 16 * 1024 * 1024,
+) -> web.Application:
+    """The aiohttp application; its cleanup context reaps idle sessions and, at exit, stops all."""
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware], client_max_size=max_request_bytes
+    )
+    app[config_key] = {
+        "extensions": extensions,
+        "auth_required": auth_required,
+        "poll_hold": poll_hold,
+        "poll_coalesce": poll_coalesce,
+        "debug": debug,
+    }
+    app[keystore_key] = keystore
+    app[manager_key] = manager
+    setup_routes(app, extensions=extensions)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        reaper = asyncio.ensure_future(manager.reap_forever())
+        yield
+        reaper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reaper
+        await manager.shutdown_all()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def _env(name: str) -> str:
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+class ServerApp(Application):
+    """The compute-session server: Backend.AI's run-loop API over local Jupyter kernels.
+
+    Every setting is a ``--ServerApp.<name>`` flag, a ``c.ServerApp.<name>`` line in
+    ``remote_kernel_server_config.py`` and a ``REMOTE_KERNEL_<NAME>`` environment variable (the
+    variable is the default; a config file or the command line wins over it).
+    """
+
+    name = "remote-kernel-serve"
+    version = __version__
+    description = (
+        "Serve compute sessions over the Backend.AI manager API (the official Backend.AI SDK "
+        "works against it); every session is a real Jupyter kernel in its own work directory."
+    )
+    aliases = {
+        "ip": "ServerApp.ip",
+        "port": "ServerApp.port",
+        "state-dir": "ServerApp.state_dir",
+        "auth": "ServerApp.auth",
+        "idle-timeout": "ServerApp.idle_timeout",
+    }
+    flags = {
+        "debug": ({"ServerApp": {"debug": True}, "Application": {"log_level": 10}},
+                  "Include tracebacks in error bodies and log at debug level."),
+        "no-extensions": ({"ServerApp": {"extensions": False}},
+                          "Behave exactly like a real Backend.AI manager (base layer only)."),
+    }  # fmt: skip
+
+    ip = Unicode("127.0.0.1", help=f"Address to listen on. Environment: {_env('ip')}.").tag(
+        config=True
+    )
+    port = Int(
+        8090, help=f"Port to listen on; 0 picks a free one. Environment: {_env('port')}."
+    ).tag(config=True)
+    state_dir = Unicode(
+        help="Directory for keypairs and session work directories. Environment: "
+        f"{_env('state_dir')} (default: $XDG_STATE_HOME/remote-kernel)."
+    ).tag(config=True)
+    auth = CaselessStrEnum(
+        ["keypair", "none"],
+        "keypair",
+        help="'keypair': Backend.AI HMAC with the keypairs of `remote-kernel keys create`. "
+        "'none': anonymous access, allowed only when listening on loopback. "
+        f"Environment: {_env('auth')}.",
+    ).tag(config=True)
+    extensions = Bool(
+        True,
+        help="Offer the remote_kernel extensions (lossless Jupyter records, output cursor, "
+        "kernel info, inspect, is-complete). False: behave exactly like a Backend.AI manager. "
+        f"Environment: {_env('extensions')}.",
+    ).tag(config=True)
+    poll_hold = Float(
+        1.0,
+        help="Longest time (s, at most 2) a run-loop request waits when there is no output. "
+        f"Environment: {_env('poll_hold')}.",
+    ).tag(config=True)
+    poll_coalesce = Float(
+        0.005,
+        help="Once output exists, how long (s) a run-loop request waits for more before "
+        f"answering. Environment: {_env('poll_coalesce')}.",
+    ).tag(config=True)
+    max_sessions_per_key = Int(
+        16, help=f"Most sessions one keypair may hold. Environment: {_env('max_sessions_per_key')}."
+    ).tag(config=True)
+    idle_timeout = Float(
+        3600.0,
+        help="Destroy a session unused for this many seconds (a session with a running cell is "
+        f"never idle); 0 never does. Environment: {_env('idle_timeout')}.",
+    ).tag(config=True)
+    kernel_start_timeout = Float(
+        60.0,
+        help=f"Seconds a kernel may take to start. Environment: {_env('kernel_start_timeout')}.",
+    ).tag(config=True)
+    max_run_output_bytes = Int(
+        64 * 1024 * 1024,
+        help="Output of one run kept for the client before the oldest is dropped (and reported). "
+        f"Environment: {_env('max_run_output_bytes')}.",
+    ).tag(config=True)
+    max_request_bytes = Int(
+        16 * 1024 * 1024,
+        help="Largest request body accepted (413 above). "
+        f"Environment: {_env('max_request_bytes')}.",
+    ).tag(config=True)
+    debug = Bool(
+        False, help=f"Include tracebacks in error bodies. Environment: {_env('debug')}."
+    ).tag(config=True)
+
+    @default("state_dir")
+    def _state_dir_default(self) -> str:
+        return default_state_dir()
+
+    @validate("poll_hold")
+    def _check_hold(self, proposal: dict[str, Any]) -> float:
+        value = float(proposal["value"])
+        if not 0 < value <= 2:
+            raise TraitError(f"poll_hold must be in (0, 2] seconds, not {value}.")
+        return value
+
+    @catch_config_error
+    def initialize(self, argv: list[str] | None = None) -> None:
+        self._load_environment()
+        super().initialize(argv)
+        self.load_config_file("remote_kernel_server_config", path=[os.getcwd()])
+        if self.auth == "none" and not _is_loopback(self.ip):
+            self.log.critical(
+                "Refusing --auth none on %s: anonymous access is allowed only on loopback "
+                "(127.0.0.1 or ::1). Create a keypair with `remote-kernel keys create` instead.",
+                self.ip,
+            )
+            self.exit(2)
+
+    def _load_environment(self) -> None:
+        """Environment variables as the lowest-priority configuration."""
+        values: dict[str, Any] = {}
+        for name, trait in self.traits(config=True).items():
+            raw = os.environ.get(_env(name))
+            if raw is not None and self.class_traits().get(name) is trait:
+                try:
+                    values[name] = trait.from_string(raw)
+                except Exception as exc:
+                    self.log.critical("Bad value %r in %s: %s", raw, _env(name), exc)
+                    self.exit(2)
+        if values:
+            self.update_config(Config({"ServerApp": values}))
+
+    def make_manager(self) -> SessionManager:
+        return SessionManager(
+            Path(self.state_dir),
+            max_sessions_per_key=self.max_sessions_per_key,
+            idle_timeout=self.idle_timeout,
+            runner_options={
+                "start_timeout": self.kernel_start_timeout,
+                "max_run_bytes": self.max_run_output_bytes,
+            },
+        )
+
+    def make_app(self) -> web.Application:
+        return make_app(
+            self.make_manager(),
+            KeyStore(self.state_dir),
+            extensions=self.extensions,
+            auth_required=self.auth == "keypair",
+            poll_hold=self.poll_hold,
+            poll_coalesce=self.poll_coalesce,
+            debug=self.debug,
+            max_request_bytes=self.max_request_bytes,
+        )
+
+    def start(self) -> None:
+        logging.getLogger("remote_kernel").setLevel(self.log_level)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(format="[%(levelname)s %(asctime)s %(name)s] %(message)s")
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        runner = web.AppRunner(self.make_app(), handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.ip, self.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            self.log.critical("Cannot listen on %s:%s: %s", self.ip, self.port, exc)
+            self.exit(1)
+        host, port = runner.addresses[0][:2]
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        keys = len(KeyStore(self.state_dir))
+        print(f"remote-kernel serve: serving on {url} (state dir {self.state_dir}, auth "
+              f"{self.auth}, {keys} keypair(s), extensions {'on' if self.extensions else 'off'})",
+              flush=True)  # fmt: skip
+        if self.auth == "keypair" and keys == 0:
+            hint = f"remote-kernel keys create --state-dir {self.state_dir}"
+            print(f"  no keypairs yet: run `{hint}`", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        self.log.info("shutting down: stopping every session")
+        await runner.cleanup()
+
+
+def _is_loopback(ip: str) -> bool:
+    if ip == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,188 @@
+"""Thin HTTP handlers: parse, call the SessionManager / SessionRunner, answer JSON."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from aiohttp import web
+from jupyter_client.jsonutil import json_default
+
+from .. import protocol as p
+from .._version import __version__
+from ..errors import InvalidAPIParamsError, NotImplementedByServerError
+from .appkeys import config_key, manager_key
+from .sessions import Session
+
+_dumps = functools.partial(json.dumps, default=json_default)
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=_dumps)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The JSON object body; ``{}`` when there is none; 400 problem when malformed."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidAPIParamsError(f"Malformed JSON body: {exc}.") from None
+    if not isinstance(body, dict):
+        raise InvalidAPIParamsError("The request body must be a JSON object.")
+    return body
+
+
+def _session(request: web.Request) -> Session:
+    return request.app[manager_key].get(request["owner"], request.match_info["session_id"])
+
+
+def _extensions(request: web.Request) -> bool:
+    return bool(request.app[config_key].get("extensions", True))
+
+
+async def hello(request: web.Request) -> web.Response:
+    body: dict[str, Any] = {"version": p.API_VERSION, "manager": f"remote-kernel {__version__}"}
+    if _extensions(request):
+        body["remote_kernel"] = {"version": __version__, "features": list(p.FEATURES)}
+    return json_response(body)
+
+
+async def create_session(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    name = body.get("name") or body.get("session_name") or body.get("clientSessionToken")
+    image = body.get("image") or body.get("lang")
+    config = body.get("config") or {}
+    if not isinstance(config, dict):
+        raise InvalidAPIParamsError("'config' must be a JSON object.")
+    session, created = await request.app[manager_key].create(
+        request["owner"],
+        name=name,
+        image=image,
+        config=config,
+        reuse=bool(body.get("reuseIfExists", True)),
+    )
+    return json_response(
+        {
+            "sessionId": session.id,
+            "sessionName": session.name,
+            "status": "RUNNING",
+            "servicePorts": [],
+            "created": created,
+        },
+        status=201,
+    )
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    manager = request.app[manager_key]
+    items = [s.info(kernel_info=False) for s in manager.owned_by(request["owner"])]
+    return json_response({"items": items})
+
+
+async def session_info(request: web.Request) -> web.Response:
+    return json_response(_session(request).info(kernel_info=_extensions(request)))
+
+
+async def destroy_session(request: web.Request) -> web.Response:
+    session = _session(request)
+    await request.app[manager_key].destroy(session)
+    return json_response({"stats": {"status": "terminated"}})
+
+
+async def restart_session(request: web.Request) -> web.Response:
+    await _session(request).runner.restart()
+    return web.Response(status=204)
+
+
+async def interrupt_session(request: web.Request) -> web.Response:
+    await _session(request).runner.interrupt()
+    return web.Response(status=204)
+
+
+async def execute(request: web.Request) -> web.Response:
+    session = _session(request)
+    req = p.parse_execute_request(await read_json(request))
+    config = request.app[config_key]
+    if req.mode == "complete":
+        return json_response(await _complete(session, req.code, req.options))
+    if req.mode == "batch":
+        raise NotImplementedByServerError("Batch mode is not available on this server yet.")
+    if not config["extensions"]:
+        options = {k: v for k, v in req.options.items() if k != "console"}
+        req = p.ExecuteRequest(req.mode, req.code, req.run_id, options, None)
+    result = await session.runner.execute(
+        req,
+        hold=config["poll_hold"],
+        coalesce=config["poll_coalesce"],
+        cursors=config["extensions"],
+    )
+    session.touch()
+    return json_response(result)
+
+
+async def _complete(session: Session, code: str, options: dict[str, Any]) -> dict[str, Any]:
+    cursor_pos = options.get("cursor_pos")
+    if not isinstance(cursor_pos, int):
+        line, post = options.get("line"), options.get("post")
+        if not code and isinstance(line, str):
+            code = line + (post if isinstance(post, str) else "")
+            cursor_pos = len(line)
+        else:
+            cursor_pos = len(code)
+    content = await session.runner.complete(code, max(0, min(cursor_pos, len(code))))
+    matches = list(content.get("matches", []))
+    return {
+        "result": {
+            "status": "finished",
+            "error": None,
+            "suggestions": matches,
+            "matches": matches,
+            "cursor_start": content.get("cursor_start", cursor_pos),
+            "cursor_end": content.get("cursor_end", cursor_pos),
+            "metadata": content.get("metadata", {}),
+        }
+    }
+
+
+async def complete(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    code = body.get("code") or ""
+    options = body.get("options") or {}
+    if not isinstance(code, str) or not isinstance(options, dict):
+        raise InvalidAPIParamsError("'code' must be a string and 'options' an object.")
+    result = await _complete(_session(request), code, options)
+    if not _extensions(request):
+        result["result"] = {k: result["result"][k] for k in ("status", "error", "suggestions")}
+    return json_response(result)
+
+
+def _code_and_cursor(body: dict[str, Any]) -> tuple[str, int]:
+    code = body.get("code")
+    if not isinstance(code, str):
+        raise InvalidAPIParamsError("'code' must be a string.")
+    cursor_pos = body.get("cursor_pos", len(code))
+    if not isinstance(cursor_pos, int) or isinstance(cursor_pos, bool):
+        raise InvalidAPIParamsError("'cursor_pos' must be an integer.")
+    return code, max(0, min(cursor_pos, len(code)))
+
+
+async def inspect(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    code, cursor_pos = _code_and_cursor(body)
+    detail = body.get("detail_level", 0)
+    content = await _session(request).runner.inspect(code, cursor_pos, 1 if detail == 1 else 0)
+    return json_response({"result": content})
+
+
+async def is_complete(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    code, _ = _code_and_cursor(body)
+    return json_response({"result": await _session(request).runner.is_complete(code)})
+
+
+async def logs(request: web.Request) -> web.Response:
+    return json_response({"result": {"logs": _session(request).runner.logs()}})

@@ -1,0 +1,99 @@
+"""The two middlewares: errors → problem+json (the only place), and keypair authentication."""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..auth import verify
+from ..errors import (
+    InternalServerError,
+    InvalidAPIParamsError,
+    MethodNotAllowedError,
+    NotFoundError,
+    RequestTooLargeError,
+    ServerError,
+)
+from ..protocol import VALID_VERSIONS
+from .appkeys import config_key, keystore_key
+
+log = logging.getLogger("remote_kernel.server")
+
+PROBLEM_JSON = "application/problem+json"
+ANONYMOUS = "anonymous"
+
+
+def problem_response(error: ServerError, *, debug: bool = False) -> web.Response:
+    body: dict[str, Any] = error.problem()
+    if debug and error.__cause__ is not None:
+        body["traceback"] = "".join(traceback.format_exception(error.__cause__))
+    return web.Response(
+        status=error.status, text=json.dumps(body), content_type=PROBLEM_JSON, charset="utf-8"
+    )
+
+
+def _from_http_exception(exc: web.HTTPException, request: web.Request) -> ServerError:
+    if exc.status == 404:
+        return NotFoundError(f"No such API route: {request.method} {request.path}")
+    if exc.status == 405:
+        allowed = sorted(getattr(exc, "allowed_methods", ()) or ())
+        return MethodNotAllowedError(
+            f"{request.method} is not allowed on {request.path}"
+            + (f"; allowed: {', '.join(allowed)}" if allowed else ""),
+        )
+    if exc.status == 413:
+        return RequestTooLargeError(
+            f"The request body is larger than the server allows: {exc.text}"
+        )
+    error = ServerError(exc.reason or f"HTTP {exc.status}", status=exc.status)
+    return error
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error, including unknown routes and wrong methods, becomes a problem+json body."""
+    debug = bool(request.app[config_key].get("debug", False))
+    try:
+        return await handler(request)
+    except ServerError as exc:
+        return problem_response(exc, debug=debug)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(_from_http_exception(exc, request), debug=debug)
+    except Exception as exc:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        error = InternalServerError(
+            "The server failed unexpectedly; see its log for details."
+            if not debug
+            else f"{type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        return problem_response(error, debug=debug)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Verify Backend.AI HMAC on every route but the version probe; set ``request["owner"]``."""
+    config = request.app[config_key]
+    if request.path in ("", "/") or not config.get("auth_required", True):
+        request["owner"] = ANONYMOUS
+        return await handler(request)
+    version = request.headers.get("X-BackendAI-Version")
+    if version is not None and version not in VALID_VERSIONS:
+        raise InvalidAPIParamsError(f"Unsupported API version {version!r}.")
+    keystore = request.app[keystore_key]
+    request["owner"] = verify(
+        request.headers,
+        method=request.method,
+        path_qs=request.raw_path,
+        host=request.host,
+        content_type=request.content_type,
+        lookup_secret=keystore.secret_for,
+    )
+    return await handler(request)

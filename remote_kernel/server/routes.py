@@ -1,0 +1,26 @@
+"""The route table, and nothing else."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from . import handlers as h
+
+
+def setup_routes(app: web.Application, *, extensions: bool) -> None:
+    """Backend.AI v≥5 paths (``/session``), with the legacy ``/kernel`` aliases."""
+    app.router.add_get("/", h.hello)
+    for prefix in ("/session", "/kernel"):
+        app.router.add_post(prefix, h.create_session)
+        app.router.add_get(prefix, h.list_sessions)
+        sid = prefix + "/{session_id}"
+        app.router.add_get(sid, h.session_info)
+        app.router.add_post(sid, h.execute)
+        app.router.add_delete(sid, h.destroy_session)
+        app.router.add_patch(sid, h.restart_session)
+        app.router.add_post(sid + "/interrupt", h.interrupt_session)
+        app.router.add_post(sid + "/complete", h.complete)
+        app.router.add_get(sid + "/logs", h.logs)
+        if extensions:
+            app.router.add_post(sid + "/inspect", h.inspect)
+            app.router.add_post(sid + "/is-complete", h.is_complete)

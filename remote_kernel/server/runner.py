@@ -1,0 +1,328 @@
+"""``SessionRunner``: one compute session's Jupyter kernel, driven with jupyter_client.
+
+The kernel is started through ``AsyncKernelManager`` (so the kernelspec's provisioner decides
+where it runs), cells run with ``execute_interactive``, and every IOPub message becomes console
+records of the current :class:`~remote_kernel.server.runs.Run` via :mod:`remote_kernel.iopub`.
+Shell requests (execute, complete, inspect, is_complete) go through one lock, because
+jupyter_client's reply readers would otherwise take each other's replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections import OrderedDict
+from pathlib import Path
+from typing import IO, Any
+
+from jupyter_client.manager import AsyncKernelManager
+
+from .. import protocol as p
+from ..errors import InternalServerError, InvalidAPIParamsError
+from ..iopub import records_from_iopub
+from ..protocol import ExecuteRequest
+from .runs import Run
+
+log = logging.getLogger("remote_kernel.server")
+
+#: Finished runs kept per session, so a client that lost a final response can replay it.
+KEEP_FINISHED_RUNS = 4
+#: How often a run checks that its kernel is still alive.
+ALIVE_CHECK_INTERVAL = 1.0
+
+
+class SessionRunner:
+    """Owns one kernel (manager + client) and the runs executed in it."""
+
+    def __init__(
+        self,
+        kernel_name: str,
+        work_dir: Path,
+        log_path: Path,
+        *,
+        environ: dict[str, str] | None = None,
+        start_timeout: float = 60.0,
+        max_run_bytes: int = 64 * 1024 * 1024,
+        request_timeout: float = 10.0,
+        kernel_manager_class: type[AsyncKernelManager] = AsyncKernelManager,
+    ) -> None:
+        self.kernel_name = kernel_name
+        self.work_dir = work_dir
+        self.log_path = log_path
+        self.environ = dict(environ or {})
+        self.start_timeout = start_timeout
+        self.max_run_bytes = max_run_bytes
+        self.request_timeout = request_timeout
+        self.km = kernel_manager_class(kernel_name=kernel_name)
+        self.kc: Any = None
+        self.kernel_info: dict[str, Any] = {}
+        self.runs: OrderedDict[str, Run] = OrderedDict()
+        self.current: Run | None = None
+        self.num_queries = 0
+        self._shell_lock = asyncio.Lock()
+        self._log_file: IO[bytes] | None = None
+        self._background: set[asyncio.Future[None]] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the kernel in the work dir with the session's environment; wait until ready."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.environ}
+        env.pop("JPY_PARENT_PID", None)
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in shutdown()
+        await self.km.start_kernel(
+            cwd=str(self.work_dir), env=env, stdout=self._log_file, stderr=self._log_file
+        )
+        await self._connect()
+
+    async def _connect(self) -> None:
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        try:
+            await self.kc.wait_for_ready(timeout=self.start_timeout)
+            reply = await self.kc.kernel_info(reply=True, timeout=self.start_timeout)
+            self.kernel_info = dict(reply["content"])
+        except (RuntimeError, TimeoutError, asyncio.TimeoutError) as exc:
+            raise InternalServerError(
+                f"The {self.kernel_name!r} kernel did not start: {exc}. "
+                "See the session logs (GET /session/{id}/logs)."
+            ) from exc
+
+    async def restart(self) -> None:
+        """Restart the kernel: state is cleared, files in the work dir stay."""
+        self._end_current("The session was restarted; this run was stopped.\n")
+        async with self._shell_lock:
+            if self.kc is not None:
+                self.kc.stop_channels()
+            await self.km.restart_kernel(now=True)
+            await self._connect()
+
+    async def shutdown(self) -> None:
+        """Stop the kernel and end any run (bounded; kills if the kernel does not stop)."""
+        self._end_current("The session was destroyed; this run was stopped.\n")
+        if self.kc is not None:
+            self.kc.stop_channels()
+        with contextlib.suppress(Exception):
+            if await self.km.is_alive():
+                await self.km.shutdown_kernel(now=True)
+        with contextlib.suppress(Exception):
+            await self.km.cleanup_resources()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def _end_current(self, message: str) -> None:
+        run = self.current
+        if run is not None and run.status != p.FINISHED:
+            run.emit(self._error_records(run, "SessionEnded", message.strip(), message))
+            run.finish(1, self._error_reply(run, "SessionEnded", message.strip()))
+            if run.task is not None:
+                run.task.cancel()
+
+    @property
+    def busy(self) -> bool:
+        """A cell is running (or waiting for input): the session is not idle."""
+        return self.current is not None and self.current.status != p.FINISHED
+
+    def logs(self, limit: int = 256 * 1024) -> str:
+        """The tail of the kernel process's own output (at most ``limit`` bytes)."""
+        if self._log_file is not None:
+            self._log_file.flush()
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - limit))
+                return fh.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # -- the run loop -------------------------------------------------------------------------
+    async def execute(
+        self, req: ExecuteRequest, *, hold: float, coalesce: float, cursors: bool
+    ) -> dict[str, Any]:
+        """Answer one ``query``/``continue``/``input`` request with the run's next result."""
+        if req.mode == "query":
+            run = self.runs.get(req.run_id or "")
+            if run is None:  # a query retried with the same run id is polled, not re-run
+                run = self._start_run(req)
+        else:
+            run = self.runs.get(req.run_id or "")
+            if run is None:
+                raise InvalidAPIParamsError(
+                    f"No run {req.run_id!r} in this session: start it with mode 'query'."
+                )
+            if req.mode == "input":
+                run.give_input(req.code, req.input_seq)
+        cursor = req.cursor if cursors else None
+        records, end = await run.poll(cursor, hold=hold, coalesce=coalesce)
+        return run.result(records, end if cursors else None)
+
+    def _start_run(self, req: ExecuteRequest) -> Run:
+        run_id = req.run_id or secrets.token_hex(16)
+        previous = self.current
+        if previous is not None and previous.status != p.FINISHED:
+            # The client moved on: that run is abandoned. If it waits for input, nobody will
+            # answer, so interrupt it; otherwise it finishes on its own and the new run queues.
+            previous.abandoned = True
+            if previous.waiting_input:
+                previous.cancel_input()
+                fut = asyncio.ensure_future(self._interrupt_quietly())
+                self._background.add(fut)
+                fut.add_done_callback(self._background.discard)
+        run = Run(run_id, jupyter=req.jupyter_console, max_bytes=self.max_run_bytes)
+        self.runs[run_id] = run
+        self._trim_runs()
+        self.current = run
+        self.num_queries += 1
+        run.task = asyncio.ensure_future(self._run(run, req))
+        return run
+
+    def _trim_runs(self) -> None:
+        finished = [rid for rid, r in self.runs.items() if r.status == p.FINISHED]
+        for rid in finished[:-KEEP_FINISHED_RUNS]:
+            del self.runs[rid]
+
+    async def _run(self, run: Run, req: ExecuteRequest) -> None:
+        opts = req.options if run.jupyter else {}
+        try:
+            async with self._shell_lock:
+                if run.status == p.FINISHED:  # ended while queued (restart, destroy)
+                    return
+                work = asyncio.ensure_future(
+                    self.kc.execute_interactive(
+                        req.code,
+                        silent=bool(opts.get("silent", False)),
+                        store_history=bool(opts.get("store_history", True)),
+                        user_expressions=opts.get("user_expressions") or {},
+                        allow_stdin=bool(opts.get("allow_stdin", True)),
+                        stop_on_error=bool(opts.get("stop_on_error", True)),
+                        output_hook=lambda msg: self._on_iopub(run, msg),
+                        stdin_hook=lambda msg: self._on_stdin(run, msg),
+                    )
+                )
+                reply = await self._until_done_or_dead(work)
+            if reply is None:
+                message = "The kernel died while running this cell; it has been restarted."
+                run.emit(self._error_records(run, "DeadKernelError", message, message + "\n"))
+                run.finish(1, self._error_reply(run, "DeadKernelError", message))
+                await self._recover_dead_kernel()
+                return
+            content = dict(reply.get("content", {}))
+            run.finish(_exit_code(content), content)
+        except asyncio.CancelledError:
+            run.finish(1, self._error_reply(run, "SessionEnded", "The run was stopped."))
+            raise
+        except Exception as exc:  # never leave a run unfinished
+            log.exception("run %s failed", run.run_id)
+            message = f"The server could not run this cell: {type(exc).__name__}: {exc}"
+            run.emit(self._error_records(run, "ServerError", message, message + "\n"))
+            run.finish(1, self._error_reply(run, "ServerError", message))
+
+    async def _until_done_or_dead(self, work: asyncio.Future[Any]) -> dict[str, Any] | None:
+        """The execute reply, or None when the kernel process died first."""
+        while True:
+            done, _ = await asyncio.wait({work}, timeout=ALIVE_CHECK_INTERVAL)
+            if done:
+                return work.result()  # type: ignore[no-any-return]
+            if not await self.km.is_alive():
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
+                return None
+
+    async def _recover_dead_kernel(self) -> None:
+        with contextlib.suppress(Exception):
+            async with self._shell_lock:
+                if self.kc is not None:
+                    self.kc.stop_channels()
+                await self.km.restart_kernel(now=True)
+                await self._connect()
+
+    def _on_iopub(self, run: Run, msg: dict[str, Any]) -> None:
+        records = records_from_iopub(msg["msg_type"], msg.get("content", {}), jupyter=run.jupyter)
+        if records and not run.abandoned:
+            run.emit(records)
+
+    async def _on_stdin(self, run: Run, msg: dict[str, Any]) -> None:
+        if msg.get("msg_type") != "input_request":
+            return
+        content = msg.get("content", {})
+        if run.abandoned:
+            await self._interrupt_quietly()
+            return
+        value = await run.ask_input(str(content.get("prompt", "")), bool(content.get("password")))
+        if value is not None:
+            self.kc.input(value)
+
+    async def interrupt(self) -> None:
+        """Interrupt the kernel; a run waiting for input stops waiting (the kernel raises)."""
+        run = self.current
+        await self.km.interrupt_kernel()
+        if run is not None and run.status != p.FINISHED:
+            run.cancel_input()
+
+    async def _interrupt_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.km.interrupt_kernel()
+
+    # -- other shell requests -----------------------------------------------------------------
+    async def _shell_request(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        """Send one shell request and return its reply content; None if the kernel is busy."""
+        try:
+            await asyncio.wait_for(self._shell_lock.acquire(), self.request_timeout)
+        except asyncio.TimeoutError:
+            return None
+        try:
+            reply = await getattr(self.kc, method)(
+                *args, reply=True, timeout=self.request_timeout, **kwargs
+            )
+            return dict(reply["content"])
+        except (TimeoutError, asyncio.TimeoutError):
+            return None
+        finally:
+            self._shell_lock.release()
+
+    async def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        content = await self._shell_request("complete", code, cursor_pos)
+        if content is None:
+            content = {"status": "ok", "matches": [], "cursor_start": cursor_pos,
+                       "cursor_end": cursor_pos, "metadata": {}}  # fmt: skip
+        return content
+
+    async def inspect(self, code: str, cursor_pos: int, detail_level: int) -> dict[str, Any]:
+        content = await self._shell_request("inspect", code, cursor_pos, detail_level)
+        return content or {"status": "ok", "found": False, "data": {}, "metadata": {}}
+
+    async def is_complete(self, code: str) -> dict[str, Any]:
+        content = await self._shell_request("is_complete", code)
+        return content or {"status": "unknown"}
+
+    # -- helpers ------------------------------------------------------------------------------
+    @staticmethod
+    def _error_records(run: Run, ename: str, evalue: str, text: str) -> list[p.Record]:
+        if run.jupyter:
+            return [p.record(p.ERROR, {"ename": ename, "evalue": evalue,
+                                       "traceback": [f"{ename}: {evalue}"]})]  # fmt: skip
+        return [p.record(p.STDERR, text)]
+
+    @staticmethod
+    def _error_reply(run: Run, ename: str, evalue: str) -> dict[str, Any]:
+        return {"status": "error", "ename": ename, "evalue": evalue,
+                "traceback": [f"{ename}: {evalue}"], "execution_count": None}  # fmt: skip
+
+
+def _exit_code(content: dict[str, Any]) -> int:
+    """0 for an ``ok`` reply; the SystemExit code or 1 for an error; 1 for aborted."""
+    status = content.get("status")
+    if status == "ok":
+        return 0
+    if content.get("ename") == "SystemExit":
+        try:
+            return int(str(content.get("evalue", "1")).strip() or 1)
+        except ValueError:
+            return 1
+    return 1

@@ -1,0 +1,256 @@
+"""One execution ("run") of a compute session: its record log, status and input hand-off.
+
+Pure asyncio state, no kernel I/O: :class:`~remote_kernel.server.runner.SessionRunner` feeds a
+:class:`Run` from the kernel's IOPub and stdin, and the HTTP handlers read it back with
+:meth:`Run.read`. Protocol §1.5 (statuses, merging), §2.3 (cursor, memory bound), §2.4 (input).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import protocol as p
+from ..protocol import Record
+
+RUNNING = "running"
+
+
+def _size(rec: Record) -> int:
+    data = rec[1]
+    if isinstance(data, str):
+        return len(data) + 16
+    return len(json.dumps(data, default=str)) + 16
+
+
+class RecordLog:
+    """The console records of one run, numbered from 0.
+
+    * Consecutive stdout (or stderr) records merge while the last one has not been handed out;
+      a record handed out is never changed again, so replaying a cursor returns the same prefix.
+    * ``read(n)`` returns records ``n..end`` and the new cursor ``end``; ``ack(n)`` frees the
+      records before ``n`` (the client confirmed them by sending cursor ``n``).
+    * Past ``max_bytes`` of kept records, the oldest are dropped and a read reports them as one
+      stderr record saying how much was dropped.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: list[Record | None] = []
+        self._sizes: list[int] = []
+        self._dropped: dict[int, int] = {}  # index -> bytes dropped there
+        self.sent = 0  # records [0, sent) were handed out at least once
+        self.acked = 0  # records [0, acked) are freed
+        self._oldest = 0  # first index not yet freed or dropped
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def append(self, rec: Record) -> None:
+        items = self._items
+        last = len(items) - 1
+        if (
+            last >= self.sent
+            and rec[0] in (p.STDOUT, p.STDERR)
+            and items[last] is not None
+            and items[last][0] == rec[0]  # type: ignore[index]
+        ):
+            merged = [rec[0], items[last][1] + rec[1]]  # type: ignore[index]
+            self.bytes += len(rec[1])
+            self._sizes[last] += len(rec[1])
+            items[last] = merged
+        else:
+            size = _size(rec)
+            items.append([rec[0], rec[1]])
+            self._sizes.append(size)
+            self.bytes += size
+        self._enforce_bound()
+
+    def _enforce_bound(self) -> None:
+        last = len(self._items) - 1
+        while self.bytes > self.max_bytes and self._oldest < last:
+            i = self._oldest
+            if self._items[i] is not None:
+                self._dropped[i] = self._sizes[i]
+                self.bytes -= self._sizes[i]
+                self._items[i] = None
+            self._oldest += 1
+
+    def read(self, start: int) -> tuple[list[Record], int]:
+        """Records from ``start`` on (dropped ones summarised), and the cursor after them."""
+        end = len(self._items)
+        out: list[Record] = []
+        dropped_n = dropped_bytes = 0
+        for i in range(min(start, end), end):
+            item = self._items[i]
+            if item is None:
+                if i in self._dropped:
+                    dropped_n += 1
+                    dropped_bytes += self._dropped[i]
+                continue
+            if dropped_n:
+                out.append(_dropped_notice(dropped_n, dropped_bytes))
+                dropped_n = dropped_bytes = 0
+            out.append([item[0], item[1]])
+        if dropped_n:
+            out.append(_dropped_notice(dropped_n, dropped_bytes))
+        self.sent = max(self.sent, end)
+        return out, end
+
+    def ack(self, upto: int) -> None:
+        """Free records before ``upto`` (never past what was handed out)."""
+        upto = min(upto, self.sent)
+        for i in range(self.acked, upto):
+            if self._items[i] is not None:
+                self.bytes -= self._sizes[i]
+                self._items[i] = None
+            self._dropped.pop(i, None)
+        self.acked = max(self.acked, upto)
+        self._oldest = max(self._oldest, self.acked)
+
+
+def _dropped_notice(count: int, size: int) -> Record:
+    return p.record(
+        p.STDERR,
+        f"[remote_kernel: {count} output record(s), about {size} bytes, were dropped because "
+        "the client did not collect them in time (ServerApp.max_run_output_bytes).]\n",
+    )
+
+
+class Run:
+    """The state of one execution, shared by the kernel side and the HTTP side."""
+
+    def __init__(self, run_id: str, *, jupyter: bool, max_bytes: int) -> None:
+        self.run_id = run_id
+        self.jupyter = jupyter
+        self.log = RecordLog(max_bytes)
+        self.status = RUNNING
+        self.exit_code: int | None = None
+        self.reply: dict[str, Any] | None = None
+        self.input_options: dict[str, Any] | None = None
+        self.last_input_seq: int | None = None
+        self.abandoned = False
+        self.created = time.monotonic()
+        self.task: asyncio.Task[None] | None = None
+        self._input: asyncio.Future[str | None] | None = None
+        self._changed = asyncio.Event()
+
+    # -- kernel side ------------------------------------------------------------------------
+    def emit(self, records: list[Record]) -> None:
+        for rec in records:
+            self.log.append(rec)
+        if records:
+            self._notify()
+
+    async def ask_input(self, prompt: str, password: bool) -> str | None:
+        """Enter ``waiting-input`` and wait for the client's line (None: give up, don't answer)."""
+        if self.jupyter:
+            self.input_options = {"is_password": password, "prompt": prompt}
+        else:
+            if prompt:
+                self.log.append(p.record(p.STDOUT, prompt))
+            self.input_options = {"is_password": password}
+        self._input = asyncio.get_running_loop().create_future()
+        self.status = p.WAITING_INPUT
+        self._notify()
+        try:
+            return await self._input
+        finally:
+            self._input = None
+            self.input_options = None
+            if self.status == p.WAITING_INPUT:
+                self.status = RUNNING
+            self._notify()
+
+    def finish(self, exit_code: int, reply: dict[str, Any] | None = None) -> None:
+        if self.status == p.FINISHED:
+            return
+        self.cancel_input()
+        self.status = p.FINISHED
+        self.exit_code = exit_code
+        self.reply = reply
+        self._notify()
+
+    # -- client side ------------------------------------------------------------------------
+    @property
+    def waiting_input(self) -> bool:
+        return self.status == p.WAITING_INPUT and self._input is not None
+
+    def give_input(self, text: str, seq: int | None) -> bool:
+        """Hand the client's line to the waiting kernel; a repeated ``input_seq`` is ignored."""
+        if seq is not None and seq == self.last_input_seq:
+            return False
+        if not self.waiting_input or self._input is None or self._input.done():
+            return False
+        self.last_input_seq = seq
+        self.status = RUNNING
+        self._input.set_result(text)
+        return True
+
+    def cancel_input(self) -> None:
+        """Stop waiting for a line (interrupt, abandon, restart); the kernel is not answered."""
+        if self._input is not None and not self._input.done():
+            self._input.set_result(None)
+
+    @property
+    def settled(self) -> bool:
+        """Finished or waiting for input: a poll returns at once."""
+        return self.status in (p.FINISHED, p.WAITING_INPUT)
+
+    async def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds or ``timeout`` passes; return the predicate."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            event = self._changed
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except asyncio.TimeoutError:
+                return predicate()
+        return True
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def poll(
+        self, cursor: int | None, *, hold: float, coalesce: float
+    ) -> tuple[list[Record], int]:
+        """Wait per the poll-return policy (§1.5) and return ``(records, new cursor)``.
+
+        At once when settled; else as soon as output exists past ``start`` plus ``coalesce``
+        seconds (cut short when the run settles); else after ``hold`` seconds.
+        """
+        if cursor is not None:
+            self.log.ack(cursor)
+            start = cursor
+        else:
+            start = self.log.sent
+        has_news = await self.wait(lambda: self.settled or len(self.log) > start, hold)
+        if has_news and not self.settled and coalesce > 0:
+            await self.wait(lambda: self.settled, coalesce)
+        records, end = self.log.read(start)
+        if cursor is None:
+            self.log.ack(end)  # handed out once, as in the base layer
+        return records, end
+
+    def result(self, records: list[Record], cursor: int | None) -> dict[str, Any]:
+        """The execute response body for this run's current state."""
+        if self.status == p.FINISHED:
+            status, exit_code, options = p.FINISHED, self.exit_code, None
+        elif self.status == p.WAITING_INPUT:
+            status, exit_code, options = p.WAITING_INPUT, None, dict(self.input_options or {})
+        else:
+            status, exit_code, options = p.CONTINUED, None, None
+        reply = self.reply if (self.jupyter and status == p.FINISHED) else None
+        return p.run_result(
+            self.run_id, status, records, exit_code=exit_code, options=options,
+            cursor=cursor, reply=reply,
+        )  # fmt: skip

@@ -1,0 +1,251 @@
+"""``SessionManager``: the compute sessions of every keypair, their images and their limits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.kernelspec import KernelSpecManager
+
+from ..errors import (
+    InvalidAPIParamsError,
+    NotFoundError,
+    SessionAlreadyExistsError,
+    SessionNotFoundError,
+    TooManySessionsError,
+)
+from ..protocol import SESSION_NAME_RE
+from .runner import SessionRunner
+
+log = logging.getLogger("remote_kernel.server")
+
+PYTHON_KERNEL = "python3"
+
+
+@dataclass
+class Session:
+    """One compute session: a kernel, its work directory and who owns it."""
+
+    id: str
+    name: str
+    owner: str
+    image: str
+    kernel_name: str
+    runner: SessionRunner
+    dir: Path
+    config: dict[str, Any]
+    created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    last_used: float = field(default_factory=time.monotonic)
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    def info(self, *, kernel_info: bool) -> dict[str, Any]:
+        """The flat object ``GET /session/{id}`` answers (Backend.AI's legacy session info)."""
+        now = datetime.now(timezone.utc)
+        resources = dict(self.config.get("resources") or {})
+        body: dict[str, Any] = {
+            "sessionId": self.id,
+            "sessionName": self.name,
+            "kernelName": self.kernel_name,
+            "age": int((now - self.created).total_seconds() * 1000),
+            "domainName": "default",
+            "groupId": "default",
+            "userId": self.owner,
+            "lang": self.image,
+            "image": self.image,
+            "architecture": "x86_64",
+            "registry": "local",
+            "tag": self.image.rsplit(":", 1)[-1] if ":" in self.image else "latest",
+            "containerId": self.id,
+            "occupiedSlots": resources,
+            "occupyingSlots": resources,
+            "requestedSlots": resources,
+            "occupiedShares": {},
+            "environ": sorted((self.config.get("environ") or {}).keys()),
+            "resourceOpts": self.config.get("resource_opts") or {},
+            "status": "RUNNING",
+            "statusInfo": "busy" if self.runner.busy else "idle",
+            "statusData": {},
+            "creationTime": self.created.isoformat(),
+            "terminationTime": None,
+            "numQueriesExecuted": self.runner.num_queries,
+            "lastStat": {},
+            "idleChecks": {},
+        }
+        if kernel_info:
+            body["kernelInfo"] = self.runner.kernel_info
+        return body
+
+
+class ImageResolver:
+    """Maps Backend.AI image references to the kernelspecs installed where the server runs.
+
+    ``python`` with any registry, tag or suffix (``python:3.9-ubuntu20.04``,
+    ``cr.backend.ai/stable/python-tensorflow:2.x``) is the server's Python kernel; any installed
+    kernelspec name is an image of its own.
+    """
+
+    def __init__(self, ksm: KernelSpecManager | None = None) -> None:
+        self.ksm = ksm or KernelSpecManager()
+
+    def specs(self) -> list[str]:
+        return sorted(self.ksm.find_kernel_specs())
+
+    def resolve(self, image: str) -> str:
+        if not isinstance(image, str) or not image.strip():
+            raise InvalidAPIParamsError("'image' is required, e.g. \"python:3.11\".")
+        specs = self.specs()
+        base = image.rsplit("/", 1)[-1].split("@", 1)[0]
+        name = base.split(":", 1)[0]
+        for candidate in (image, base, name):
+            if candidate in specs:
+                return candidate
+        if name.lower().startswith("python") and PYTHON_KERNEL in specs:
+            return PYTHON_KERNEL
+        available = ["python (any tag)", *[s for s in specs if s != PYTHON_KERNEL]]
+        raise NotFoundError(
+            f"Unknown image reference: {image!r}. Available images: {', '.join(available)}.",
+            data={"available": available},
+        )
+
+
+class SessionManager:
+    """Sessions by id and by (owner, name); creation, lookup, destruction and idle reaping."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        max_sessions_per_key: int = 16,
+        idle_timeout: float = 0.0,
+        runner_options: dict[str, Any] | None = None,
+        images: ImageResolver | None = None,
+    ) -> None:
+        self.sessions_dir = Path(state_dir) / "sessions"
+        self.max_sessions_per_key = max_sessions_per_key
+        self.idle_timeout = idle_timeout
+        self.runner_options = dict(runner_options or {})
+        self.images = images or ImageResolver()
+        self._by_id: dict[str, Session] = {}
+        self._create_lock = asyncio.Lock()
+
+    def owned_by(self, owner: str) -> list[Session]:
+        return [s for s in self._by_id.values() if s.owner == owner]
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def get(self, owner: str, id_or_name: str) -> Session:
+        """The caller's session by UUID or name; 404 for unknown or someone else's."""
+        session = self._by_id.get(id_or_name)
+        if session is None or session.owner != owner:
+            session = next((s for s in self.owned_by(owner) if s.name == id_or_name), None)
+        if session is None:
+            raise SessionNotFoundError(f"No such session: {id_or_name!r}.")
+        session.touch()
+        return session
+
+    async def create(
+        self, owner: str, *, name: str | None, image: str, config: dict[str, Any], reuse: bool
+    ) -> tuple[Session, bool]:
+        """Create a session, or return the caller's live one of that name and image."""
+        if name is not None and (not isinstance(name, str) or not SESSION_NAME_RE.match(name)):
+            raise InvalidAPIParamsError(
+                f"Invalid session name {name!r}: 4 to 64 characters, letters, digits, '_', "
+                "'-' or '.', starting and ending with a letter, digit or '_'."
+            )
+        environ = config.get("environ") or {}
+        if not isinstance(environ, dict):
+            raise InvalidAPIParamsError("'config.environ' must be an object of strings.")
+        async with self._create_lock:
+            if name is not None:
+                existing = next((s for s in self.owned_by(owner) if s.name == name), None)
+                if existing is not None:
+                    if reuse and existing.image == image:
+                        existing.touch()
+                        return existing, False
+                    raise SessionAlreadyExistsError(
+                        f"A session named {name!r} already exists with image {existing.image!r}.",
+                        data={"existingSessionId": existing.id},
+                    )
+            kernel_name = self.images.resolve(image)
+            if len(self.owned_by(owner)) >= self.max_sessions_per_key:
+                raise TooManySessionsError(
+                    f"This keypair already has {self.max_sessions_per_key} sessions; destroy one "
+                    "first (DELETE /session/{id}) or raise ServerApp.max_sessions_per_key."
+                )
+            session_id = str(uuid.uuid4())
+            sdir = self.sessions_dir / session_id
+            sdir.mkdir(parents=True, exist_ok=True)
+            runner = SessionRunner(
+                kernel_name,
+                sdir / "work",
+                sdir / "kernel.log",
+                environ={str(k): str(v) for k, v in environ.items()},
+                **self.runner_options,
+            )
+            try:
+                await runner.start()
+            except BaseException:
+                await runner.shutdown()
+                shutil.rmtree(sdir, ignore_errors=True)
+                raise
+            session = Session(
+                id=session_id,
+                name=name or f"session-{session_id[:8]}",
+                owner=owner,
+                image=image,
+                kernel_name=kernel_name,
+                runner=runner,
+                dir=sdir,
+                config=dict(config),
+            )
+            self._by_id[session_id] = session
+            log.info(
+                "session %s (%s) started: %s → %s", session.name, session_id, image, kernel_name
+            )
+            return session, True
+
+    async def destroy(self, session: Session) -> None:
+        """Stop the kernel and delete the session's work directory."""
+        self._by_id.pop(session.id, None)
+        await session.runner.shutdown()
+        shutil.rmtree(session.dir, ignore_errors=True)
+        log.info("session %s (%s) destroyed", session.name, session.id)
+
+    async def shutdown_all(self) -> None:
+        sessions = list(self._by_id.values())
+        await asyncio.gather(*(self.destroy(s) for s in sessions), return_exceptions=True)
+
+    def idle_sessions(self, now: float | None = None) -> list[Session]:
+        if self.idle_timeout <= 0:
+            return []
+        now = time.monotonic() if now is None else now
+        return [
+            s
+            for s in self._by_id.values()
+            if not s.runner.busy and now - s.last_used > self.idle_timeout
+        ]
+
+    async def reap_forever(self) -> None:
+        """Destroy idle sessions (no running cell, unused ``idle_timeout`` s) until cancelled."""
+        if self.idle_timeout <= 0:
+            return
+        interval = max(0.5, min(30.0, self.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            for session in self.idle_sessions():
+                log.info(
+                    "session %s idle for over %ss: destroying", session.name, self.idle_timeout
+                )
+                with contextlib.suppress(Exception):
+                    await self.destroy(session)

@@ -1,0 +1,137 @@
+"""Shared fixtures: a real ``remote-kernel serve`` on loopback, its keypair, isolated Jupyter dirs.
+
+Every server started here is a real subprocess (``python -m remote_kernel serve``) and is stopped
+(SIGTERM, then SIGKILL) when its fixture ends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_jupyter_dirs() -> Iterator[None]:
+    """Keep tests away from the user's Jupyter config, runtime and IPython profile."""
+    base = Path(tempfile.mkdtemp(prefix="rk-jupyter-"))
+    saved = dict(os.environ)
+    os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
+    os.environ["JUPYTER_CONFIG_DIR"] = str(base / "config")
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(base / "runtime")
+    os.environ["IPYTHONDIR"] = str(base / "ipython")
+    os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+    os.environ.pop("BACKEND_ENDPOINT", None)
+    os.environ.pop("BACKEND_ACCESS_KEY", None)
+    os.environ.pop("BACKEND_SECRET_KEY", None)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@dataclass
+class ServerProcess:
+    """A running ``remote-kernel serve`` subprocess and the keypair to talk to it."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+    state_dir: Path
+    proc: subprocess.Popen[str]
+    log_path: Path
+    extra_keys: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """SDK-style environment for a client of this server."""
+        return {
+            "BACKEND_ENDPOINT": self.endpoint,
+            "BACKEND_ACCESS_KEY": self.access_key,
+            "BACKEND_SECRET_KEY": self.secret_key,
+        }
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def create_keypair(state_dir: Path) -> tuple[str, str]:
+    """Run ``remote-kernel keys create`` and return (access, secret)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "remote_kernel", "keys", "create", "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    values = dict(line.split("=", 1) for line in out.strip().splitlines())
+    return values["BACKEND_ACCESS_KEY"], values["BACKEND_SECRET_KEY"]
+
+
+def start_server(tmp: Path, *args: str, keys: int = 1, timeout: float = 60) -> ServerProcess:
+    """Start a real server on a free loopback port; wait until it prints its endpoint."""
+    state_dir = tmp / "state"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    pairs = [create_keypair(state_dir) for _ in range(keys)]
+    log_path = tmp / "server.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "remote_kernel", "serve", "--ip", "127.0.0.1", "--port", "0",
+         "--state-dir", str(state_dir), *args],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    endpoint = None
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        if match:
+            endpoint = match.group(1)
+            break
+    if endpoint is None:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"server did not start: {log_path.read_text()}")
+    access, secret = pairs[0] if pairs else ("", "")
+    return ServerProcess(endpoint, access, secret, state_dir, proc, log_path, pairs[1:])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real server with extensions on and two keypairs (``extra_keys[0]`` is the second)."""
+    srv = start_server(tmp_path_factory.mktemp("server"), keys=2)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def base_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real server with extensions off: it behaves like a real Backend.AI manager."""
+    srv = start_server(tmp_path_factory.mktemp("base-server"), "--ServerApp.extensions=False")
+    yield srv
+    srv.stop()
