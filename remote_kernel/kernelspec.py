@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from traitlets import Bool, List, Unicode, default
-from traitlets.config import Application
+from traitlets.config import Application, SingletonConfigurable
 
 from ._version import __version__
 from .config import credentials_path, save_credentials
@@ -300,9 +300,12 @@ class SubcommandApp(Application):
 
     @classmethod
     def instance(cls, *args: Any, **kwargs: Any) -> Any:
-        # traitlets keeps subcommand singletons alive after ``main()`` returns; a second
-        # ``main([...])`` in the same process must not inherit the first run's settings.
-        cls.clear_instance()
+        # traitlets keeps subcommand singletons alive after ``main()`` returns, on every class of
+        # their MRO; a later ``main([...])`` in the same process must neither inherit the first
+        # run's settings nor hit MultipleInstanceError for a sibling subcommand.
+        for klass in cls.mro():
+            if issubclass(klass, SingletonConfigurable):
+                klass._instance = None
         return super().instance(*args, **kwargs)
 
     def fail(self, message: str, code: int = 1) -> NoReturn:
