@@ -24,17 +24,16 @@ import json
 import logging
 import os
 import re
-import stat
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
+from . import config
 from . import protocol as p
 from .auth import Keypair, sign_headers
 from .errors import (
@@ -50,7 +49,6 @@ log = logging.getLogger(__name__)
 ENV_ENDPOINT = "BACKEND_ENDPOINT"
 ENV_ACCESS_KEY = "BACKEND_ACCESS_KEY"
 ENV_SECRET_KEY = "BACKEND_SECRET_KEY"
-ENV_CREDENTIALS_FILE = "REMOTE_KERNEL_CREDENTIALS"
 DEFAULT_ENDPOINT = "http://127.0.0.1:8091"
 
 #: Bodyless requests are sent and signed with this content type, like the Backend.AI SDK.
@@ -82,52 +80,32 @@ class Credentials:
     source: str = ""
 
 
-def default_credentials_path() -> Path:
-    """``$REMOTE_KERNEL_CREDENTIALS`` or ``$XDG_CONFIG_HOME/remote-kernel/credentials``."""
-    explicit = os.environ.get(ENV_CREDENTIALS_FILE)
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "remote-kernel" / "credentials"
-
-
 def load_credentials(
-    path: str | Path | None = None, environ: dict[str, str] | None = None
+    endpoint: str | None = None, environ: Mapping[str, str] | None = None
 ) -> Credentials:
-    """The endpoint and keypair from the environment, else from the user's credentials file.
+    """The endpoint and keypair: the SDK's environment variables, else the user's saved file.
 
-    Environment (the SDK's names) wins: ``BACKEND_ENDPOINT``, ``BACKEND_ACCESS_KEY``,
-    ``BACKEND_SECRET_KEY``. The file holds the same ``NAME=value`` lines that
-    ``remote-kernel keys create`` prints; it must not be readable by group or others (chmod 600),
-    since it holds a secret. Missing values are empty strings (an empty access key means
-    anonymous, unsigned requests).
+    ``BACKEND_ENDPOINT``, ``BACKEND_ACCESS_KEY`` and ``BACKEND_SECRET_KEY`` win. Without an
+    access key in the environment, the keypair saved for the endpoint (or the default one) in
+    the 0600 credentials file of :mod:`remote_kernel.config` is used (``remote-kernel install``
+    writes it). Missing values are empty strings: an empty access key means anonymous,
+    unsigned requests.
     """
     env = os.environ if environ is None else environ
-    values: dict[str, str] = {}
-    source = ""
-    file = Path(path).expanduser() if path else default_credentials_path()
-    if file.is_file():
-        mode = file.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigurationError(
-                f"{file} holds a secret key but is readable by other users "
-                f"(mode {stat.filemode(mode)}). Run `chmod 600 {file}`."
-            )
-        for raw in file.read_text().splitlines():
-            line = raw.strip()
-            if not line or line.startswith("#") or "=" not in line:
-                continue
-            key, _, value = line.partition("=")
-            values[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
-        source = str(file)
-    endpoint = env.get(ENV_ENDPOINT) or values.get(ENV_ENDPOINT, "")
-    access = env.get(ENV_ACCESS_KEY)
-    secret = env.get(ENV_SECRET_KEY)
-    if access is None:
-        access, secret = values.get(ENV_ACCESS_KEY, ""), values.get(ENV_SECRET_KEY, "")
-    else:
-        source = "environment"
-    return Credentials(endpoint, access or "", secret or "", source)
+    endpoint = endpoint or env.get(ENV_ENDPOINT) or ""
+    access = env.get(ENV_ACCESS_KEY) or ""
+    secret = env.get(ENV_SECRET_KEY) or ""
+    if access:
+        return Credentials(endpoint, access, secret, "environment")
+    saved = config.load_credentials(endpoint or None)
+    if saved is None:
+        return Credentials(endpoint, "", "", "")
+    return Credentials(
+        endpoint or saved["endpoint"],
+        saved["access_key"],
+        saved["secret_key"],
+        str(config.credentials_path()),
+    )
 
 
 # -- value objects ------------------------------------------------------------------------------
@@ -203,7 +181,7 @@ class RunLoopClient:
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         if endpoint is None or access_key is None or secret_key is None:
-            creds = load_credentials()
+            creds = load_credentials(endpoint)
             endpoint = endpoint if endpoint is not None else creds.endpoint
             access_key = access_key if access_key is not None else creds.access_key
             secret_key = secret_key if secret_key is not None else creds.secret_key
@@ -680,7 +658,6 @@ __all__ = [
     "ServerInfo",
     "SessionRef",
     "completion_options",
-    "default_credentials_path",
     "load_credentials",
     "negotiate_version",
 ]

@@ -58,7 +58,7 @@ class FakeRun:
 
 
 class FakeRunLoopServer:
-    """``async with FakeRunLoopServer(...) as srv``: ``srv.endpoint``, ``srv.script(code, steps)``."""
+    """``async with FakeRunLoopServer() as srv``: ``srv.endpoint``, ``srv.script(code, steps)``."""
 
     def __init__(
         self,

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fakes import FakeRunLoopServer, Step
 
 from remote_kernel import protocol as p
 from remote_kernel.client import (
@@ -17,6 +18,7 @@ from remote_kernel.client import (
     load_credentials,
     negotiate_version,
 )
+from remote_kernel.config import save_credentials
 from remote_kernel.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -25,8 +27,6 @@ from remote_kernel.errors import (
     SessionNotFoundError,
     TransportError,
 )
-
-from fakes import FakeRunLoopServer, Step
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,13 +54,11 @@ def test_negotiate_version_takes_the_older() -> None:
     assert negotiate_version("garbage") == p.API_VERSION
 
 
-def test_load_credentials_env_wins_and_file_must_be_private(tmp_path: Path) -> None:
-    file = tmp_path / "credentials"
-    file.write_text(
-        "BACKEND_ENDPOINT=http://file:1\nBACKEND_ACCESS_KEY=AKFILE\nBACKEND_SECRET_KEY=sfile\n"
-    )
-    file.chmod(0o600)
-    creds = load_credentials(file, environ={})
+def test_load_credentials_env_wins_over_saved_file(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("REMOTE_KERNEL_CREDENTIALS", str(tmp_path / "credentials.json"))
+    assert load_credentials(environ={}).access_key == ""
+    save_credentials("http://file:1", "AKFILE", "sfile")
+    creds = load_credentials(environ={})
     assert (creds.endpoint, creds.access_key, creds.secret_key) == (
         "http://file:1",
         "AKFILE",
@@ -68,10 +66,7 @@ def test_load_credentials_env_wins_and_file_must_be_private(tmp_path: Path) -> N
     )
     assert "sfile" not in repr(creds)
     env = {"BACKEND_ACCESS_KEY": "AKENV", "BACKEND_SECRET_KEY": "senv"}
-    assert load_credentials(file, environ=env).access_key == "AKENV"
-    file.chmod(0o644)
-    with pytest.raises(ConfigurationError, match="chmod 600"):
-        load_credentials(file, environ={})
+    assert load_credentials(environ=env).access_key == "AKENV"
 
 
 def test_bad_endpoint_is_a_configuration_error() -> None:
@@ -79,7 +74,7 @@ def test_bad_endpoint_is_a_configuration_error() -> None:
         RunLoopClient("ftp://x", "", "")
 
 
-# -- against the fake -------------------------------------------------------------------------------
+# -- against the fake ----------------------------------------------------------------------
 async def test_probe_signing_and_session_lifecycle() -> None:
     async with FakeRunLoopServer() as srv, _client(srv) as client:
         info = await client.probe()
@@ -215,15 +210,18 @@ async def test_base_layer_server_gets_no_extension_fields() -> None:
 
 
 async def test_anonymous_requests_are_unsigned() -> None:
-    async with FakeRunLoopServer(anonymous=True) as srv:
-        async with RunLoopClient(srv.endpoint, "", "") as client:
-            assert client.anonymous
-            await client.create_session("python:3", "sess-anon")
+    async with (
+        FakeRunLoopServer(anonymous=True) as srv,
+        RunLoopClient(srv.endpoint, "", "") as client,
+    ):
+        assert client.anonymous
+        await client.create_session("python:3", "sess-anon")
 
 
-# -- against the real server ------------------------------------------------------------------------
+# -- against the real server --------------------------------------------------------------
 async def test_real_server_run_with_extensions(server: object) -> None:
-    async with RunLoopClient(server.endpoint, server.access_key, server.secret_key) as client:  # type: ignore[attr-defined]
+    srv = server
+    async with RunLoopClient(srv.endpoint, srv.access_key, srv.secret_key) as client:  # type: ignore[attr-defined]
         info = await client.probe()
         assert info.has(p.FEATURE_JUPYTER_CONSOLE)
         ref = await client.create_session("python:3", f"client-test-{os.getpid()}")
