@@ -231,15 +231,13 @@ class Run:
         if cursor is not None:
             self.log.ack(cursor)
             start = cursor
-        else:
+        else:  # handed out once; what the last response held is kept until this request
+            self.log.ack(self.log.sent)
             start = self.log.sent
         has_news = await self.wait(lambda: self.settled or len(self.log) > start, hold)
         if has_news and not self.settled and coalesce > 0:
             await self.wait(lambda: self.settled, coalesce)
-        records, end = self.log.read(start)
-        if cursor is None:
-            self.log.ack(end)  # handed out once, as in the base layer
-        return records, end
+        return self.log.read(start)
 
     def result(self, records: list[Record], cursor: int | None) -> dict[str, Any]:
         """The execute response body for this run's current state."""
