@@ -1,0 +1,165 @@
+"""Latency of the remote kernel against a local ipykernel, both started through jupyter_client.
+
+    python benchmarks/kernel_latency.py [--runs 30] [--lines 100000] [--local-kernel python3]
+
+Starts a throwaway ``remote-kernel serve`` on loopback, installs a temporary kernelspec for it,
+and measures on both kernels:
+
+* trivial cell: median time of ``1+1`` (request sent -> reply and idle received) over N runs;
+* bulk output: ``for i in range(100000): print(i)`` until the reply and every line arrived;
+* streaming lag: a cell prints ``time.time()`` every 100 ms for 3 s; lag = receive time - stamp
+  (median and p90), i.e. how late output shows up while a cell is still running.
+
+Targets (printed, not asserted): trivial <= 1.5x local, 100k lines <= 1.5x local,
+lag median <= 30 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.manager import start_new_kernel
+
+from remote_kernel.demo import DemoServer
+from remote_kernel.kernelspec import install
+
+REMOTE_SPEC = "remote-python-bench"
+LAG_CODE = """\
+import sys, time
+for _ in range(30):
+    print(repr(time.time()), flush=True)
+    time.sleep(0.1)
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def run_cell(kc: Any, code: str, hook: Callable[[dict[str, Any]], None] | None = None) -> float:
+    """Seconds from sending ``code`` until its reply and the idle status both arrived."""
+    t0 = time.perf_counter()
+    reply = kc.execute_interactive(code, output_hook=hook or (lambda msg: None), timeout=300)
+    elapsed = time.perf_counter() - t0
+    if reply["content"]["status"] != "ok":
+        raise RuntimeError(f"cell failed: {reply['content']}")
+    return elapsed
+
+
+def measure(kernel_name: str, runs: int, lines: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    km, kc = start_new_kernel(kernel_name=kernel_name, startup_timeout=120)
+    startup = time.perf_counter() - t0
+    try:
+        for _ in range(3):  # warm up (remote: session creation, first round trips)
+            run_cell(kc, "1+1")
+        trivial = [run_cell(kc, "1+1") for _ in range(runs)]
+
+        received: list[str] = []
+
+        def collect(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                received.append(msg["content"]["text"])
+
+        bulk = run_cell(kc, f"for i in range({lines}): print(i)", collect)
+        got = "".join(received).splitlines()
+        if len(got) != lines or got[-1] != str(lines - 1):
+            raise RuntimeError(f"bulk output incomplete: {len(got)} of {lines} lines")
+
+        lags: list[float] = []
+
+        def stamp(msg: dict[str, Any]) -> None:
+            now = time.time()
+            if msg["msg_type"] == "stream":
+                for line in msg["content"]["text"].splitlines():
+                    try:
+                        lags.append((now - float(line)) * 1000)
+                    except ValueError:
+                        pass
+
+        run_cell(kc, LAG_CODE, stamp)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    return {
+        "startup": startup,
+        "trivial": statistics.median(trivial) * 1000,
+        "trivial_p90": percentile(trivial, 0.9) * 1000,
+        "bulk": bulk,
+        "lag_median": statistics.median(lags) if lags else float("nan"),
+        "lag_p90": percentile(lags, 0.9),
+        "lag_n": len(lags),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--local-kernel", default="python3")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="rk-bench-"))
+    server = DemoServer(workdir)
+    try:
+        server.start(timeout=60)
+        prefix = workdir / "prefix"
+        install(kernel_name=REMOTE_SPEC, prefix=str(prefix), endpoint=server.endpoint)
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(
+            p for p in (str(prefix / "share" / "jupyter"), os.environ.get("JUPYTER_PATH")) if p
+        )
+        os.environ["BACKEND_ENDPOINT"] = server.endpoint
+        os.environ["BACKEND_ACCESS_KEY"] = server.access_key
+        os.environ["BACKEND_SECRET_KEY"] = server.secret_key
+        print(f"server {server.endpoint}; {args.runs} trivial runs; {args.lines} lines", flush=True)
+        local = measure(args.local_kernel, args.runs, args.lines)
+        print(f"local  ({args.local_kernel}) done", flush=True)
+        remote = measure(REMOTE_SPEC, args.runs, args.lines)
+        print("remote done\n", flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def ratio(key: str) -> str:
+        return f"{remote[key] / local[key]:5.2f}x" if local[key] else "   n/a"
+
+    rows = [
+        ("kernel startup (s)", "startup", "{:9.2f}", None),
+        ("trivial cell median (ms)", "trivial", "{:9.2f}", "<= 1.5x"),
+        ("trivial cell p90 (ms)", "trivial_p90", "{:9.2f}", None),
+        (f"{args.lines} lines (s)", "bulk", "{:9.2f}", "<= 1.5x"),
+        ("stream lag median (ms)", "lag_median", "{:9.1f}", "<= 30 ms"),
+        ("stream lag p90 (ms)", "lag_p90", "{:9.1f}", None),
+    ]
+    print(f"{'':28}{'local':>9}  {'remote':>9}  {'ratio':>6}  target")
+    for label, key, fmt, target in rows:
+        print(
+            f"{label:28}{fmt.format(local[key])}  {fmt.format(remote[key])}  {ratio(key)}  "
+            f"{target or ''}"
+        )
+    checks = {
+        "trivial": remote["trivial"] <= 1.5 * local["trivial"],
+        "100k lines": remote["bulk"] <= 1.5 * local["bulk"],
+        "lag median": remote["lag_median"] <= 30,
+    }
+    print("\n" + ", ".join(f"{k}: {'met' if ok else 'MISSED'}" for k, ok in checks.items()))
+    print(f"(lag samples: local {local['lag_n']}, remote {remote['lag_n']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
