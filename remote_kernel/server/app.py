@@ -159,6 +159,10 @@ class ServerApp(Application):
     def _state_dir_default(self) -> str:
         return default_state_dir()
 
+    @default("log_level")
+    def _log_level_default(self) -> int:
+        return logging.INFO
+
     @validate("poll_hold")
     def _check_hold(self, proposal: dict[str, Any]) -> float:
         value = float(proposal["value"])
@@ -219,7 +223,7 @@ class ServerApp(Application):
     def start(self) -> None:
         logging.getLogger("remote_kernel").setLevel(self.log_level)
         if not logging.getLogger().handlers:
-            logging.basicConfig(format="[%(levelname)s %(asctime)s %(name)s] %(message)s")
+            logging.basicConfig(format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:

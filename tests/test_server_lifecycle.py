@@ -1,0 +1,156 @@
+"""Server process lifecycle: settings, keys, limits, idle reaping, shutdown, dead kernels."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from remote_kernel.protocol import strip_ansi
+
+from .conftest import ServerProcess, start_server
+from .rawapi import RawAPI
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def _pid(api: RawAPI, sid: str) -> int:
+    records, _ = await api.run(sid, "import os; print(os.getpid())")
+    return int(records[0][1])
+
+
+def test_keys_create_prints_two_lines_and_stores_0600(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "remote_kernel", "keys", "create", "--state-dir", str(tmp_path)],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("BACKEND_ACCESS_KEY=AKIA") and len(lines[0]) == 19 + 20
+    assert lines[1].startswith("BACKEND_SECRET_KEY=") and len(lines[1]) == 19 + 40
+    mode = stat.S_IMODE((tmp_path / "keypairs.json").stat().st_mode)
+    assert mode == 0o600
+    assert lines[1].split("=", 1)[1] in (tmp_path / "keypairs.json").read_text()
+
+
+def test_serve_help_lists_every_setting_with_its_env_twin() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "remote_kernel", "serve", "--help-all"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    for trait in ("ip", "port", "state_dir", "auth", "extensions", "poll_hold", "poll_coalesce",
+                  "max_sessions_per_key", "idle_timeout", "kernel_start_timeout",
+                  "max_run_output_bytes", "max_request_bytes", "debug"):  # fmt: skip
+        assert f"--ServerApp.{trait}=" in out, trait
+        assert f"REMOTE_KERNEL_{trait.upper()}" in out, trait
+
+
+async def test_limits_idle_reaping_and_env_settings(tmp_path: Path) -> None:
+    os.environ["REMOTE_KERNEL_IDLE_TIMEOUT"] = "2"
+    try:
+        srv = start_server(tmp_path, "--ServerApp.max_sessions_per_key=2")
+    finally:
+        del os.environ["REMOTE_KERNEL_IDLE_TIMEOUT"]
+    try:
+        async with RawAPI(srv.endpoint, srv.access_key, srv.secret_key) as api:
+            busy = await api.create("t-busy")
+            idle = await api.create("t-idle")
+            status, body = await api.call("POST", "/session", {"image": "python", "name": "t-3rd"})
+            assert status == 429 and body["type"].endswith("/too-many-sessions")
+            run_id = uuid.uuid4().hex
+            result = await api.execute(busy, "query", "import time; time.sleep(5)", run_id)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 8
+            idle_gone = False
+            while result["status"] != "finished":  # the busy one keeps polling; the idle one goes
+                result = await api.execute(busy, "continue", "", run_id)
+                if not idle_gone:
+                    # (checking with GET would count as use; the listing does not touch sessions)
+                    status, listing = await api.call("GET", "/session")
+                    idle_gone = idle not in [s["sessionId"] for s in listing["items"]]
+                assert loop.time() < deadline
+            assert idle_gone
+            status, _ = await api.call("GET", f"/session/{busy}")
+            assert status == 200
+    finally:
+        srv.stop()
+
+
+async def test_sigterm_stops_every_kernel(tmp_path: Path) -> None:
+    srv = start_server(tmp_path)
+    try:
+        async with RawAPI(srv.endpoint, srv.access_key, srv.secret_key) as api:
+            pids = [await _pid(api, await api.create(f"t-term-{i}")) for i in range(2)]
+        assert all(_alive(pid) for pid in pids)
+    finally:
+        code = srv.stop()
+    assert code == 0
+    await asyncio.sleep(0.5)
+    assert not any(_alive(pid) for pid in pids)
+    assert "shutting down" in srv.log()
+
+
+async def test_anonymous_access_on_loopback(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, "--auth", "none", keys=0)
+    try:
+        async with RawAPI(srv.endpoint, "", "") as api:
+            status, body = await api.call("POST", "/session", {"image": "python", "name": "anon"},
+                                          sign=False)  # fmt: skip
+            assert status == 201
+            records, _ = await api.run(body["sessionId"], "print('anon ok')")
+            assert records == [["stdout", "anon ok\n"]]
+    finally:
+        srv.stop()
+
+
+async def test_dead_kernel_ends_the_run_and_the_session_recovers(server: ServerProcess) -> None:
+    async with RawAPI(server.endpoint, server.access_key, server.secret_key) as api:
+        sid = await api.create(f"t-dead-{uuid.uuid4().hex[:6]}")
+        try:
+            records, result = await api.run(sid, "import os; os._exit(3)", jupyter=True)
+            assert result["status"] == "finished" and result["exitCode"] == 1
+            assert records[-1][0] == "error" and records[-1][1]["ename"] == "DeadKernelError"
+            assert result["reply"]["ename"] == "DeadKernelError"
+            records, result = await api.run(sid, "print('back')")
+            assert records == [["stdout", "back\n"]]
+        finally:
+            await api.destroy(sid)
+
+
+async def test_restart_during_a_run_ends_it(server: ServerProcess) -> None:
+    async with RawAPI(server.endpoint, server.access_key, server.secret_key) as api:
+        sid = await api.create(f"t-rr-{uuid.uuid4().hex[:6]}")
+        try:
+            run_id = uuid.uuid4().hex
+            first = await api.execute(sid, "query", "import time; time.sleep(20)", run_id)
+            assert first["status"] == "continued"
+            status, _ = await api.call("PATCH", f"/session/{sid}")
+            assert status == 204
+            result = await api.execute(sid, "continue", "", run_id)
+            assert result["status"] == "finished" and result["exitCode"] == 1
+            assert "restarted" in strip_ansi(result["console"][0][1])
+            records, _ = await api.run(sid, "print('fresh')")
+            assert records == [["stdout", "fresh\n"]]
+        finally:
+            await api.destroy(sid)
+
+
+def test_sigint_also_shuts_down(tmp_path: Path) -> None:
+    srv = start_server(tmp_path)
+    srv.proc.send_signal(signal.SIGINT)
+    assert srv.proc.wait(20) == 0
