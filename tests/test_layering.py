@@ -1,0 +1,32 @@
+"""The pure core imports no I/O library, and the client side never imports the server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("aiohttp", "zmq", "ipykernel", "jupyter_client", "tornado")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("module", "forbidden"),
+    [
+        ("remote_kernel.errors", HEAVY),
+        ("remote_kernel.auth", HEAVY),
+        ("remote_kernel.protocol", HEAVY),
+        ("remote_kernel.iopub", HEAVY),
+        ("remote_kernel.client", ("remote_kernel.server", "ipykernel", "zmq")),
+    ],
+)
+def test_imports_flow_one_way(module: str, forbidden: tuple[str, ...]) -> None:
+    code = (
+        f"import sys, {module}\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {forbidden!r} "
+        f"or any(m.startswith(f + '.') or m == f for f in {forbidden!r}))\n"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
