@@ -154,3 +154,38 @@ def test_sigint_also_shuts_down(tmp_path: Path) -> None:
     srv = start_server(tmp_path)
     srv.proc.send_signal(signal.SIGINT)
     assert srv.proc.wait(20) == 0
+
+
+async def test_any_installed_kernelspec_is_an_image(tmp_path: Path) -> None:
+    """Kernels start through jupyter_client's provisioner machinery, from the kernelspec."""
+    import json
+
+    spec = tmp_path / "share" / "jupyter" / "kernels" / "marked-python"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Marked Python",
+        "language": "python",
+        "env": {"RK_SPEC_MARKER": "from-the-kernelspec"},
+        "metadata": {"kernel_provisioner": {"provisioner_name": "local-provisioner"}},
+    }))  # fmt: skip
+    saved = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = str(tmp_path / "share" / "jupyter")
+    try:
+        srv = start_server(tmp_path / "srv")
+    finally:
+        if saved is None:
+            del os.environ["JUPYTER_PATH"]
+        else:
+            os.environ["JUPYTER_PATH"] = saved
+    try:
+        async with RawAPI(srv.endpoint, srv.access_key, srv.secret_key) as api:
+            status, body = await api.call("POST", "/session", {"image": "cobol", "name": "t-xyz"})
+            assert status == 404 and "marked-python" in body["data"]["available"]
+            sid = await api.create("t-marked", image="marked-python")
+            status, info = await api.call("GET", f"/session/{sid}")
+            assert info["kernelName"] == "marked-python"
+            records, _ = await api.run(sid, "import os; print(os.environ['RK_SPEC_MARKER'])")
+            assert records == [["stdout", "from-the-kernelspec\n"]]
+    finally:
+        srv.stop()
