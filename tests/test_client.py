@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import FakeRunLoopServer, Step
 
 from remote_kernel import protocol as p
 from remote_kernel.client import (
@@ -27,6 +26,8 @@ from remote_kernel.errors import (
     SessionNotFoundError,
     TransportError,
 )
+
+from .fakes import FakeRunLoopServer, Step
 
 pytestmark = pytest.mark.timeout(60)
 
