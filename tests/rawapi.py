@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from remote_kernel.auth import Keypair, sign_headers
 from remote_kernel.protocol import API_VERSION, NON_TERMINAL
@@ -51,15 +52,53 @@ class RawAPI:
                 )
             )  # fmt: skip
         data = raw if raw is not None else (json.dumps(body) if body is not None else None)
-        async with self.http.request(
-            method, self.endpoint + path, data=data, headers=headers
-        ) as resp:
+        url = URL(self.endpoint + path, encoded=True)  # sent exactly as signed
+        async with self.http.request(method, url, data=data, headers=headers) as resp:
             text = await resp.text()
             self.last_content_type = resp.content_type
             try:
                 return resp.status, json.loads(text) if text else None
             except ValueError:
                 return resp.status, text
+
+    async def upload(
+        self, sid: str, files: dict[str, bytes], *, quote: bool = False
+    ) -> tuple[int, Any]:
+        """Multipart upload, field ``src``, filenames sent raw (or percent-encoded like the SDK)."""
+        writer = aiohttp.MultipartWriter("form-data")
+        for name, data in files.items():
+            part = writer.append(data, {"Content-Type": "application/octet-stream"})
+            part.set_content_disposition("form-data", name="src", filename=name, quote_fields=quote)
+        path = f"/session/{sid}/upload"
+        headers = sign_headers(
+            self.keypair, method="POST", path_qs=path, host=self.host,
+            content_type="multipart/form-data", version=API_VERSION,
+        )  # fmt: skip
+        headers["Content-Type"] = writer.content_type
+        async with self.http.post(self.endpoint + path, data=writer, headers=headers) as resp:
+            text = await resp.text()
+            return resp.status, json.loads(text) if text else None
+
+    async def download(self, sid: str, *names: str) -> tuple[int, list[bytes] | Any]:
+        """``POST /download?files=...``; the tar archives of a multipart/mixed answer."""
+        from urllib.parse import urlencode
+
+        path = f"/session/{sid}/download?" + urlencode([("files", n) for n in names])
+        headers = sign_headers(
+            self.keypair, method="POST", path_qs=path, host=self.host,
+            content_type="text/plain", version=API_VERSION,
+        )  # fmt: skip
+        headers["Content-Type"] = "text/plain"
+        url = URL(self.endpoint + path, encoded=True)
+        async with self.http.post(url, headers=headers) as resp:
+            if resp.status != 200:
+                return resp.status, await resp.json(content_type=None)
+            reader = aiohttp.MultipartReader.from_response(resp)
+            parts = []
+            while (part := await reader.next()) is not None:
+                assert isinstance(part, aiohttp.BodyPartReader)
+                parts.append(bytes(await part.read()))
+            return resp.status, parts
 
     async def create(self, name: str, image: str = "python:3.11", **extra: Any) -> str:
         status, body = await self.call("POST", "/session", {"image": image, "name": name, **extra})

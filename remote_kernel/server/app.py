@@ -36,6 +36,9 @@ def make_app(
     poll_coalesce: float = 0.005,
     debug: bool = False,
     max_request_bytes: int = 16 * 1024 * 1024,
+    max_upload_files: int = 100,
+    max_upload_bytes: int = 64 * 1024 * 1024,
+    max_download_bytes: int = 64 * 1024 * 1024,
 ) -> web.Application:
     """The aiohttp application; its cleanup context reaps idle sessions and, at exit, stops all."""
     app = web.Application(
@@ -47,6 +50,9 @@ def make_app(
         "poll_hold": poll_hold,
         "poll_coalesce": poll_coalesce,
         "debug": debug,
+        "max_upload_files": max_upload_files,
+        "max_upload_bytes": max_upload_bytes,
+        "max_download_bytes": max_download_bytes,
     }
     app[keystore_key] = keystore
     app[manager_key] = manager
@@ -151,6 +157,18 @@ class ServerApp(Application):
         help="Largest request body accepted (413 above). "
         f"Environment: {_env('max_request_bytes')}.",
     ).tag(config=True)
+    max_upload_files = Int(
+        100, help=f"Most files in one upload (413 above). Environment: {_env('max_upload_files')}."
+    ).tag(config=True)
+    max_upload_bytes = Int(
+        64 * 1024 * 1024,
+        help=f"Largest uploaded file (413 above). Environment: {_env('max_upload_bytes')}.",
+    ).tag(config=True)
+    max_download_bytes = Int(
+        64 * 1024 * 1024,
+        help="Largest download, all archives together (413 above). "
+        f"Environment: {_env('max_download_bytes')}.",
+    ).tag(config=True)
     debug = Bool(
         False, help=f"Include tracebacks in error bodies. Environment: {_env('debug')}."
     ).tag(config=True)
@@ -218,6 +236,9 @@ class ServerApp(Application):
             poll_coalesce=self.poll_coalesce,
             debug=self.debug,
             max_request_bytes=self.max_request_bytes,
+            max_upload_files=self.max_upload_files,
+            max_upload_bytes=self.max_upload_bytes,
+            max_download_bytes=self.max_download_bytes,
         )
 
     def start(self) -> None:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from jupyter_client.jsonutil import json_default
 
 from .. import protocol as p
 from .._version import __version__
-from ..errors import InvalidAPIParamsError, NotImplementedByServerError
+from ..errors import InvalidAPIParamsError, NotImplementedByServerError, RequestTooLargeError
+from . import files
 from .appkeys import config_key, manager_key
 from .sessions import Session
 
@@ -186,3 +190,76 @@ async def is_complete(request: web.Request) -> web.Response:
 
 async def logs(request: web.Request) -> web.Response:
     return json_response({"result": {"logs": _session(request).runner.logs()}})
+
+
+# -- files (protocol §1.7) ---------------------------------------------------------------------
+async def upload(request: web.Request) -> web.Response:
+    session = _session(request)
+    config = request.app[config_key]
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidAPIParamsError("Upload as multipart/form-data, one part per file.")
+    reader = await request.multipart()
+    count = 0
+    while (part := await reader.next()) is not None:
+        name = _raw_filename(part) if isinstance(part, aiohttp.BodyPartReader) else None
+        if not isinstance(part, aiohttp.BodyPartReader) or not name:
+            raise InvalidAPIParamsError("Every upload part needs a filename.")
+        count += 1
+        if count > config["max_upload_files"]:
+            raise RequestTooLargeError(
+                f"Too many files: at most {config['max_upload_files']} per upload "
+                "(ServerApp.max_upload_files)."
+            )
+        await files.save_upload(
+            session.runner.work_dir, name, _chunks(part),
+            max_bytes=config["max_upload_bytes"],
+        )  # fmt: skip
+    session.touch()
+    return web.Response(status=204)
+
+
+_FILENAME_RE = re.compile(r'(?:^|;)\s*filename\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))', re.I)
+
+
+def _raw_filename(part: aiohttp.BodyPartReader) -> str | None:
+    """The filename exactly as sent (aiohttp's ``part.filename`` strips a leading '/')."""
+    header = part.headers.get(aiohttp.hdrs.CONTENT_DISPOSITION, "")
+    match = _FILENAME_RE.search(header)
+    if match is None:
+        return part.filename
+    if match.group(1) is not None:
+        return re.sub(r"\\(.)", r"\1", match.group(1))
+    return match.group(2)
+
+
+async def _chunks(part: aiohttp.BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(256 * 1024):
+        yield chunk
+
+
+async def download(request: web.Request) -> web.Response:
+    session = _session(request)
+    names = request.query.getall("files", [])
+    if not names:
+        names = (await read_json(request)).get("files") or []
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise InvalidAPIParamsError("Name the files to download: ?files=a&files=b.")
+    limit = request.app[config_key]["max_download_bytes"]
+    writer = aiohttp.MultipartWriter("mixed")
+    total = 0
+    for name in names:
+        data = files.tar_of(session.runner.work_dir, name, max_bytes=limit - total)
+        total += len(data)
+        writer.append(data, {"Content-Type": "application/x-tar"})
+    session.touch()
+    return web.Response(body=writer)
+
+
+async def list_files(request: web.Request) -> web.Response:
+    session = _session(request)
+    path = request.query.get("path")
+    if path is None:
+        path = (await read_json(request)).get("path") or "."
+    if not isinstance(path, str):
+        raise InvalidAPIParamsError("'path' must be a string.")
+    return json_response(files.list_dir(session.runner.work_dir, path))

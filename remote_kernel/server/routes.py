@@ -21,6 +21,10 @@ def setup_routes(app: web.Application, *, extensions: bool) -> None:
         app.router.add_post(sid + "/interrupt", h.interrupt_session)
         app.router.add_post(sid + "/complete", h.complete)
         app.router.add_get(sid + "/logs", h.logs)
+        app.router.add_post(sid + "/upload", h.upload)
+        app.router.add_post(sid + "/download", h.download)
+        app.router.add_get(sid + "/download", h.download)
+        app.router.add_get(sid + "/files", h.list_files)
         if extensions:
             app.router.add_post(sid + "/inspect", h.inspect)
             app.router.add_post(sid + "/is-complete", h.is_complete)
