@@ -1,0 +1,439 @@
+"""The official Backend.AI SDK's documented examples, one function per scenario.
+
+Runs inside an isolated venv holding ``backend.ai-client`` (never the project's venv), so it
+imports nothing but the standard library and the SDK::
+
+    <sdk-venv>/bin/python tests/sdk/scenarios.py <scenario> [session-name]
+
+Configuration comes from the SDK's own environment variables (``BACKEND_ENDPOINT``,
+``BACKEND_ACCESS_KEY``, ``BACKEND_SECRET_KEY``); the second keypair of the ``other_key`` scenario
+from ``RK_OTHER_ACCESS_KEY`` / ``RK_OTHER_SECRET_KEY``. The scenario prints one line
+``RESULT <json>`` with what the test asserts on. A ``BackendAPIError`` escaping a scenario is
+reported as ``{"api_error": {"status", "reason", "data"}}`` (the test decides if that is wrong).
+
+The run loop is the one from the SDK documentation ("Code execution via API"): ``execute`` with
+``mode="query"``, then ``continue`` on ``continued`` and ``input`` on ``waiting-input`` until
+``finished``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from ai.backend.client.config import APIConfig
+from ai.backend.client.exceptions import BackendAPIError
+from ai.backend.client.session import AsyncSession, Session
+
+IMAGE = "python:3.9-ubuntu20.04"
+# A 1x1 RGBA PNG.
+PNG_B64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42"
+    "mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+TERMINAL = ("finished", "exec-timeout")
+
+
+def api_error(exc: BackendAPIError) -> dict[str, Any]:
+    return {"status": exc.status, "args0": exc.args[0], "reason": exc.reason, "data": exc.data}
+
+
+def run_loop(compute: Any, code: str, inputs: list[str] | None = None) -> dict[str, Any]:
+    """The documented query loop; returns everything a test may assert on.
+
+    ``console`` is every record received, in order; ``stdout``/``stderr`` the joined text;
+    ``waits`` one entry per ``waiting-input`` with ``is_password`` and the stdout text received
+    since the previous input (the prompt, in the base layer).
+    """
+    inputs = list(inputs or [])
+    mode, run_id = "query", None
+    statuses: list[str] = []
+    console: list[Any] = []
+    waits: list[dict[str, Any]] = []
+    since_input = ""
+    result: dict[str, Any] = {}
+    started = time.monotonic()
+    while True:
+        result = compute.execute(run_id, code, mode=mode)
+        run_id = result["runId"]
+        statuses.append(result["status"])
+        for rec in result.get("console") or []:
+            console.append(rec)
+            if rec[0] == "stdout":
+                since_input += rec[1]
+        if result["status"] in TERMINAL:
+            break
+        if result["status"] == "waiting-input":
+            options = result.get("options") or {}
+            waits.append({"is_password": options.get("is_password", False), "text": since_input})
+            since_input = ""
+            mode, code = "input", inputs.pop(0)
+        else:
+            mode, code = "continue", ""
+    return {
+        "runId": run_id,
+        "status": result["status"],
+        "exitCode": result.get("exitCode"),
+        "statuses": statuses,
+        "console": console,
+        "stdout": "".join(r[1] for r in console if r[0] == "stdout"),
+        "stderr": "".join(r[1] for r in console if r[0] == "stderr"),
+        "waits": waits,
+        "elapsed": time.monotonic() - started,
+    }
+
+
+def _create(api: Any, name: str, image: str = IMAGE) -> Any:
+    return api.ComputeSession.get_or_create(image, name=name)
+
+
+def _destroy_quietly(compute: Any) -> None:
+    try:
+        compute.destroy()
+    except BackendAPIError:
+        pass
+
+
+# -- scenarios ----------------------------------------------------------------------------------
+def hello(name: str) -> dict[str, Any]:
+    """The documented example: print("hello world") in query mode, then destroy."""
+    with Session() as api:
+        compute = _create(api, name)
+        try:
+            run = run_loop(compute, 'print("hello world")')
+        finally:
+            destroyed = compute.destroy()
+    return {
+        "session_id": str(compute.id),
+        "created": compute.created,
+        "status": compute.status,
+        "run": run,
+        "destroyed": destroyed,
+        "api_version": list(api.api_version),
+    }
+
+
+def hello_async(name: str) -> dict[str, Any]:
+    """The same with ``AsyncSession``."""
+
+    async def main() -> dict[str, Any]:
+        async with AsyncSession() as api:
+            compute = await api.ComputeSession.get_or_create(IMAGE, name=name)
+            try:
+                mode, code, run_id = "query", 'print("hello world")', None
+                stdout, statuses = "", []
+                while True:
+                    result = await compute.execute(run_id, code, mode=mode)
+                    run_id = result["runId"]
+                    statuses.append(result["status"])
+                    stdout += "".join(r[1] for r in result["console"] if r[0] == "stdout")
+                    if result["status"] in TERMINAL:
+                        break
+                    mode, code = "continue", ""
+            finally:
+                await compute.destroy()
+        return {"stdout": stdout, "statuses": statuses, "exitCode": result["exitCode"]}
+
+    return asyncio.run(main())
+
+
+def user_input(name: str) -> dict[str, Any]:
+    """``input()`` and ``getpass`` answered with ``mode="input"``."""
+    code = (
+        "import getpass\n"
+        "name = input('Your name: ')\n"
+        "secret = getpass.getpass('Password: ')\n"
+        "print(f'hi {name}, {len(secret)} chars')\n"
+    )
+    with Session() as api:
+        compute = _create(api, name)
+        try:
+            return {"run": run_loop(compute, code, inputs=["Ada", "s3cret!"])}
+        finally:
+            compute.destroy()
+
+
+def error(name: str) -> dict[str, Any]:
+    """An exception in user code: finished, exitCode != 0, the traceback on stderr."""
+    with Session() as api:
+        compute = _create(api, name)
+        try:
+            failing = run_loop(compute, "print('before')\nundefined_name_xyz\nprint('after')")
+            after = run_loop(compute, "print('still alive')")
+            return {"run": failing, "after": after}
+        finally:
+            compute.destroy()
+
+
+def media(name: str) -> dict[str, Any]:
+    """Images come back as ``["media", [mime, data URI]]``; SVG as raw text."""
+    png = (
+        "import base64\n"
+        "from IPython.display import Image, display\n"
+        f"display(Image(data=base64.b64decode('{PNG_B64}')))\n"
+    )
+    svg = (
+        "from IPython.display import SVG, display\n"
+        'display(SVG(\'<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>\'))\n'
+    )
+    plot = "import matplotlib\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()\n"
+    with Session() as api:
+        compute = _create(api, name)
+        try:
+            return {
+                "png": run_loop(compute, png),
+                "svg": run_loop(compute, svg),
+                "plot": run_loop(compute, plot),
+            }
+        finally:
+            compute.destroy()
+
+
+def interrupt(name: str) -> dict[str, Any]:
+    """Interrupt ``time.sleep(30)`` about a second in; the kernel keeps its state."""
+    with Session() as api:
+        compute = _create(api, name)
+        try:
+            started = time.monotonic()
+            result = compute.execute(None, "import time\nx = 42\ntime.sleep(30)", mode="query")
+            run_id = result["runId"]
+            statuses = [result["status"]]
+            console = list(result.get("console") or [])
+            first_poll = time.monotonic() - started
+            if result["status"] in TERMINAL:
+                return {"error": "the sleep finished before the interrupt", "result": result}
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+            interrupted_at = time.monotonic()
+            compute.interrupt()
+            while result["status"] not in TERMINAL:
+                if time.monotonic() - interrupted_at > 25:
+                    break
+                result = compute.execute(run_id, "", mode="continue")
+                statuses.append(result["status"])
+                console += result.get("console") or []
+            drained = time.monotonic() - interrupted_at
+            after = run_loop(compute, "print(x)")
+            return {
+                "first_poll": first_poll,
+                "drained_after_interrupt": drained,
+                "status": result["status"],
+                "exitCode": result.get("exitCode"),
+                "statuses": statuses,
+                "stdout": "".join(r[1] for r in console if r[0] == "stdout"),
+                "stderr": "".join(r[1] for r in console if r[0] == "stderr"),
+                "after": after,
+            }
+        finally:
+            compute.destroy()
+
+
+def complete(name: str) -> dict[str, Any]:
+    """``complete()`` with the row/col options the SDK sends."""
+    with Session() as api:
+        compute = _create(api, name)
+        try:
+            setup = run_loop(compute, "import os")
+            module = compute.complete(
+                "import o", opts={"row": 0, "col": 8, "line": "import o", "post": ""}
+            )
+            attribute = compute.complete(
+                "os.pa", opts={"row": 0, "col": 5, "line": "os.pa", "post": ""}
+            )
+            return {"setup": setup, "module": module, "attribute": attribute}
+        finally:
+            compute.destroy()
+
+
+def info_logs(name: str) -> dict[str, Any]:
+    """``get_info()`` and ``get_logs()``."""
+    with Session() as api:
+        compute = _create(api, name)
+        try:
+            run = run_loop(compute, "print('logged')")
+            return {
+                "session_id": str(compute.id),
+                "run": run,
+                "info": compute.get_info(),
+                "logs": compute.get_logs(),
+            }
+        finally:
+            compute.destroy()
+
+
+def restart(name: str) -> dict[str, Any]:
+    """``restart()`` clears the kernel state but keeps the files in the work directory."""
+    with Session() as api:
+        compute = _create(api, name)
+        try:
+            before = run_loop(
+                compute,
+                "x = 42\nwith open('kept.txt', 'w') as fh:\n    fh.write('kept across restart')\n"
+                "print(x)",
+            )
+            restarted = compute.restart()
+            state = run_loop(compute, "print(x)")
+            files = run_loop(compute, "print(open('kept.txt').read())")
+            info = compute.get_info()
+            return {
+                "before": before,
+                "restart_returned": restarted,
+                "state": state,
+                "files": files,
+                "info_status": info.get("status"),
+            }
+        finally:
+            compute.destroy()
+
+
+def reuse(name: str) -> dict[str, Any]:
+    """``get_or_create`` with the same name and image returns the same session."""
+    with Session() as api:
+        first = _create(api, name)
+        try:
+            run_loop(first, "reused_marker = 'same kernel'")
+        except BaseException:
+            _destroy_quietly(first)
+            raise
+    try:
+        with Session() as api:
+            second = _create(api, name)
+            marker = run_loop(second, "print(reused_marker)")
+            try:
+                other_image = _create(api, name, image="python:3.11-ubuntu22.04")
+                conflict: Any = {"created": other_image.created, "id": str(other_image.id)}
+            except BackendAPIError as exc:
+                conflict = api_error(exc)
+    finally:
+        with Session() as api:
+            _destroy_quietly(api.ComputeSession(name))
+    return {
+        "first": {"id": str(first.id), "created": first.created, "status": first.status},
+        "second": {"id": str(second.id), "created": second.created, "status": second.status},
+        "marker": marker,
+        "other_image": conflict,
+    }
+
+
+def destroy(name: str) -> dict[str, Any]:
+    """``destroy()``; afterwards the session is gone (404)."""
+    with Session() as api:
+        compute = _create(api, name)
+        run_loop(compute, "print('bye')")
+        destroyed = compute.destroy()
+        out: dict[str, Any] = {"destroyed": destroyed}
+        try:
+            out["info_after"] = compute.get_info()
+        except BackendAPIError as exc:
+            out["info_after"] = api_error(exc)
+        try:
+            out["execute_after"] = compute.execute(None, "1", mode="query")
+        except BackendAPIError as exc:
+            out["execute_after"] = api_error(exc)
+        # The name is free again: a new session, not the old one.
+        again = _create(api, name)
+        out["recreated"] = {"created": again.created, "same_id": again.id == compute.id}
+        again.destroy()
+    return out
+
+
+def files(name: str) -> dict[str, Any]:
+    """``upload()`` (a nested path too), ``list_files()`` and ``download()``."""
+    os.makedirs("sub", exist_ok=True)
+    with open("data.txt", "w") as fh:
+        fh.write("top level\n")
+    with open(os.path.join("sub", "nested.txt"), "w") as fh:
+        fh.write("nested file\n")
+    with Session() as api:
+        compute = _create(api, name)
+        try:
+            compute.upload(["data.txt", os.path.join("sub", "nested.txt")])
+            read = run_loop(
+                compute, "print(open('data.txt').read() + open('sub/nested.txt').read(), end='')"
+            )
+            top = compute.list_files(".")
+            downloaded = compute.download(["data.txt", "sub/nested.txt"], dest="dl")
+            contents = {}
+            for root, _dirs, names in os.walk("dl"):
+                for fname in names:
+                    path = os.path.join(root, fname)
+                    with open(path) as fh:
+                        contents[os.path.relpath(path, "dl")] = fh.read()
+            return {
+                "read": read,
+                "list_top": top,
+                "downloaded": downloaded,
+                "contents": contents,
+            }
+        finally:
+            compute.destroy()
+
+
+def wrong_secret(name: str) -> dict[str, Any]:
+    """A wrong secret key (the test sets it in the environment) gives 401 auth-failed."""
+    with Session() as api:
+        try:
+            compute = _create(api, name)
+        except BackendAPIError as exc:
+            return {"api_error": api_error(exc)}
+        compute.destroy()
+        return {"created": True}
+
+
+def other_key(name: str) -> dict[str, Any]:
+    """A session belongs to the keypair that created it; another keypair gets 404."""
+    other = APIConfig(
+        endpoint=os.environ["BACKEND_ENDPOINT"],
+        access_key=os.environ["RK_OTHER_ACCESS_KEY"],
+        secret_key=os.environ["RK_OTHER_SECRET_KEY"],
+    )
+    with Session() as api:
+        compute = _create(api, name)
+        try:
+            with Session(config=other) as api2:
+                try:
+                    seen: Any = api2.ComputeSession(name).get_info()
+                except BackendAPIError as exc:
+                    seen = api_error(exc)
+            return {"other_get_info": seen}
+        finally:
+            compute.destroy()
+
+
+SCENARIOS = {
+    f.__name__: f
+    for f in (
+        hello,
+        hello_async,
+        user_input,
+        error,
+        media,
+        interrupt,
+        complete,
+        info_logs,
+        restart,
+        reuse,
+        files,
+        destroy,
+        wrong_secret,
+        other_key,
+    )
+}
+
+
+def main(argv: list[str]) -> int:
+    scenario, name = argv[0], argv[1]
+    try:
+        out = SCENARIOS[scenario](name)
+    except BackendAPIError as exc:
+        out = {"api_error": api_error(exc)}
+    sys.stdout.write("RESULT " + json.dumps(out, default=repr) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
