@@ -293,6 +293,14 @@ def test_files_upload_list_download(run):
     assert sorted(out["downloaded"]["file_names"]) == ["data.txt", "nested.txt"]
 
 
+def test_rejected_uploads_leave_the_connection_usable(run):
+    out = run("upload_missing")
+    for err in out["errors"]:
+        assert err is not None
+        assert (err["status"], err["data"]["type"]) == (404, PROBS + "object-not-found"), err
+    assert out["run"]["console"] == [["stdout", "usable\n"]]
+
+
 # -- authentication and ownership ----------------------------------------------------------------
 def test_wrong_secret_is_401(run):
     out = run("wrong_secret", BACKEND_SECRET_KEY="x" * 40)

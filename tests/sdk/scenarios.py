@@ -372,6 +372,31 @@ def files(name: str) -> dict[str, Any]:
             compute.destroy()
 
 
+def upload_missing(name: str) -> dict[str, Any]:
+    """Uploads to a session that does not exist, repeated on one connection: 404 each time.
+
+    The server answers before reading the body; the connection must stay usable (SDK 23.9's
+    aiohttp 3.8 reuses it without finishing the body unless the server closes it).
+    """
+    with open("payload.txt", "w") as fh:
+        fh.write("x" * 100)
+    errors = []
+    with Session() as api:
+        ghost = api.ComputeSession(name)
+        for _ in range(3):
+            try:
+                ghost.upload(["payload.txt"])
+                errors.append(None)
+            except BackendAPIError as exc:
+                errors.append(api_error(exc))
+        compute = _create(api, name)
+        try:
+            run = run_loop(compute, "print('usable')")
+        finally:
+            compute.destroy()
+    return {"errors": errors, "run": run}
+
+
 def wrong_secret(name: str) -> dict[str, Any]:
     """A wrong secret key (the test sets it in the environment) gives 401 auth-failed."""
     with Session() as api:
@@ -417,6 +442,7 @@ SCENARIOS = {
         restart,
         reuse,
         files,
+        upload_missing,
         destroy,
         wrong_secret,
         other_key,
