@@ -42,27 +42,44 @@ async def test_poll_returns_at_once_when_finished_and_holds_otherwise() -> None:
     run = Run("r1", jupyter=True, max_bytes=10_000)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    records, cursor = await run.poll(None, hold=0.2, coalesce=0.0)
-    assert (records, cursor) == ([], 0)
+    body = (await run.poll(None, hold=0.2, coalesce=0.0))["result"]
+    assert (body["status"], body["console"], body["cursor"]) == ("continued", [], 0)
     assert 0.19 <= loop.time() - started < 0.5
     loop.call_later(0.05, run.emit, [["stdout", "x"]])
     started = loop.time()
-    records, cursor = await run.poll(0, hold=2.0, coalesce=0.01)
-    assert records == [["stdout", "x"]] and loop.time() - started < 0.5
+    body = (await run.poll(0, hold=2.0, coalesce=0.01))["result"]
+    assert body["console"] == [["stdout", "x"]] and loop.time() - started < 0.5
     run.finish(0, {"status": "ok"})
-    result = run.result(*(await run.poll(cursor, hold=2.0, coalesce=0.0)))
-    assert result["result"]["status"] == "finished" and result["result"]["reply"] == {
-        "status": "ok"
-    }
+    body = (await run.poll(body["cursor"], hold=2.0, coalesce=0.0))["result"]
+    assert (body["status"], body["exitCode"], body["reply"]) == ("finished", 0, {"status": "ok"})
 
 
 async def test_input_hand_off_and_repeat_seq_ignored() -> None:
     run = Run("r2", jupyter=False, max_bytes=10_000)
     asker = asyncio.ensure_future(run.ask_input("name? ", False))
     await asyncio.sleep(0)
-    records, _ = await run.poll(None, hold=1.0, coalesce=0.0)
-    assert records == [["stdout", "name? "]]
-    assert run.result(records, None)["result"]["options"] == {"is_password": False}
+    body = (await run.poll(None, hold=1.0, coalesce=0.0))["result"]
+    assert body["console"] == [["stdout", "name? "]]
+    assert (body["status"], body["options"]) == ("waiting-input", {"is_password": False})
     assert run.give_input("bob", 1) is True
     assert await asker == "bob"
     assert run.give_input("bob", 1) is False
+
+
+async def test_batch_steps_are_reported_once_each_with_their_own_output() -> None:
+    run = Run("r3", jupyter=False, max_bytes=10_000)
+    run.emit([["stdout", "cleaning\n"]])
+    run.step_done("clean-finished", 0)
+    run.emit([["stdout", "building\n"]])
+    run.step_done("build-finished", 2)
+    run.emit([["stdout", "late\n"]])
+    run.finish(127)
+    statuses = []
+    for _ in range(3):
+        body = (await run.poll(None, hold=1.0, coalesce=0.0))["result"]
+        statuses.append((body["status"], body["exitCode"], body["console"]))
+    assert statuses == [
+        ("clean-finished", 0, [["stdout", "cleaning\n"]]),
+        ("build-finished", 2, [["stdout", "building\n"]]),
+        ("finished", 127, [["stdout", "late\n"]]),
+    ]

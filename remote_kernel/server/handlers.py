@@ -14,7 +14,7 @@ from jupyter_client.jsonutil import json_default
 
 from .. import protocol as p
 from .._version import __version__
-from ..errors import InvalidAPIParamsError, NotImplementedByServerError, RequestTooLargeError
+from ..errors import InvalidAPIParamsError, RequestTooLargeError
 from . import files
 from .appkeys import config_key, manager_key
 from .sessions import Session
@@ -113,8 +113,6 @@ async def execute(request: web.Request) -> web.Response:
     config = request.app[config_key]
     if req.mode == "complete":
         return json_response(await _complete(session, req.code, req.options))
-    if req.mode == "batch":
-        raise NotImplementedByServerError("Batch mode is not available on this server yet.")
     if not config["extensions"]:
         options = {k: v for k, v in req.options.items() if k != "console"}
         req = p.ExecuteRequest(req.mode, req.code, req.run_id, options, None)

@@ -10,10 +10,13 @@ jupyter_client's reply readers would otherwise take each other's replies.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import logging
 import os
 import secrets
+import signal
+import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any
@@ -64,19 +67,27 @@ class SessionRunner:
         self.num_queries = 0
         self._shell_lock = asyncio.Lock()
         self._log_file: IO[bytes] | None = None
+        self._batch_proc: asyncio.subprocess.Process | None = None
         self._background: set[asyncio.Future[None]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the kernel in the work dir with the session's environment; wait until ready."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.environ}
-        env.pop("JPY_PARENT_PID", None)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in shutdown()
         await self.km.start_kernel(
-            cwd=str(self.work_dir), env=env, stdout=self._log_file, stderr=self._log_file
+            cwd=str(self.work_dir), env=self.env(), stdout=self._log_file, stderr=self._log_file
         )
         await self._connect()
+
+    def env(self) -> dict[str, str]:
+        """The session's environment: the server's, ``config.environ`` on top, and the
+        server's Python first on PATH (so ``python`` in a shell step is the kernel's Python)."""
+        env = {**os.environ, **self.environ}
+        env.pop("JPY_PARENT_PID", None)
+        bindir = os.path.dirname(sys.executable)
+        env["PATH"] = os.pathsep.join([bindir, env.get("PATH", os.defpath)])
+        return env
 
     async def _connect(self) -> None:
         self.kc = self.km.client()
@@ -86,14 +97,16 @@ class SessionRunner:
             reply = await self.kc.kernel_info(reply=True, timeout=self.start_timeout)
             self.kernel_info = dict(reply["content"])
         except (RuntimeError, TimeoutError, asyncio.TimeoutError) as exc:
+            tail = self.logs(2000).strip()
             raise InternalServerError(
-                f"The {self.kernel_name!r} kernel did not start: {exc}. "
-                "See the session logs (GET /session/{id}/logs)."
+                f"The {self.kernel_name!r} kernel did not start: {exc}."
+                + (f" Its last output:\n{tail}" if tail else "")
             ) from exc
 
     async def restart(self) -> None:
         """Restart the kernel: state is cleared, files in the work dir stay."""
         self._end_current("The session was restarted; this run was stopped.\n")
+        self._signal_batch(signal.SIGKILL)
         async with self._shell_lock:
             if self.kc is not None:
                 self.kc.stop_channels()
@@ -103,6 +116,7 @@ class SessionRunner:
     async def shutdown(self) -> None:
         """Stop the kernel and end any run (bounded; kills if the kernel does not stop)."""
         self._end_current("The session was destroyed; this run was stopped.\n")
+        self._signal_batch(signal.SIGKILL)
         if self.kc is not None:
             self.kc.stop_channels()
         with contextlib.suppress(Exception):
@@ -145,7 +159,7 @@ class SessionRunner:
         self, req: ExecuteRequest, *, hold: float, coalesce: float, cursors: bool
     ) -> dict[str, Any]:
         """Answer one ``query``/``continue``/``input`` request with the run's next result."""
-        if req.mode == "query":
+        if req.mode in ("query", "batch"):
             run = self.runs.get(req.run_id or "")
             if run is None:  # a query retried with the same run id is polled, not re-run
                 run = self._start_run(req)
@@ -157,9 +171,10 @@ class SessionRunner:
                 )
             if req.mode == "input":
                 run.give_input(req.code, req.input_seq)
-        cursor = req.cursor if cursors else None
-        records, end = await run.poll(cursor, hold=hold, coalesce=coalesce)
-        return run.result(records, end if cursors else None)
+        body = await run.poll(req.cursor if cursors else None, hold=hold, coalesce=coalesce)
+        if not cursors:
+            body["result"].pop("cursor", None)
+        return body
 
     def _start_run(self, req: ExecuteRequest) -> Run:
         run_id = req.run_id or secrets.token_hex(16)
@@ -178,7 +193,10 @@ class SessionRunner:
         self._trim_runs()
         self.current = run
         self.num_queries += 1
-        run.task = asyncio.ensure_future(self._run(run, req))
+        if req.mode == "batch":
+            run.task = asyncio.ensure_future(self._run_batch(run, req.options))
+        else:
+            run.task = asyncio.ensure_future(self._run(run, req))
         return run
 
     def _trim_runs(self) -> None:
@@ -259,8 +277,11 @@ class SessionRunner:
             self.kc.input(value)
 
     async def interrupt(self) -> None:
-        """Interrupt the kernel; a run waiting for input stops waiting (the kernel raises)."""
+        """Interrupt the kernel (or a batch step's command); a run waiting for input stops
+        waiting (the kernel raises KeyboardInterrupt)."""
         run = self.current
+        if self._signal_batch(signal.SIGINT):
+            return
         await self.km.interrupt_kernel()
         if run is not None and run.status != p.FINISHED:
             run.cancel_input()
@@ -268,6 +289,65 @@ class SessionRunner:
     async def _interrupt_quietly(self) -> None:
         with contextlib.suppress(Exception):
             await self.km.interrupt_kernel()
+
+    # -- batch mode (protocol §1.6) ------------------------------------------------------------
+    async def _run_batch(self, run: Run, options: dict[str, Any]) -> None:
+        """clean → build → exec as shell commands in the work dir; a failed build skips exec."""
+        try:
+            async with self._shell_lock:
+                if run.status == p.FINISHED:
+                    return
+                run.step_done(
+                    p.CLEAN_FINISHED, await self._shell_step(run, "clean", options.get("clean"))
+                )
+                code = await self._shell_step(run, "build", options.get("build"))
+                run.step_done(p.BUILD_FINISHED, code)
+                if code != 0:
+                    run.emit(
+                        [p.record(p.STDERR, f"Build failed (exit code {code}): exec skipped.\n")]
+                    )
+                    run.finish(127)
+                    return
+                run.finish(await self._shell_step(run, "exec", options.get("exec")))
+        except asyncio.CancelledError:
+            run.finish(1)
+            raise
+        except Exception as exc:
+            log.exception("batch run %s failed", run.run_id)
+            run.emit([p.record(p.STDERR, f"The server could not run this batch: {exc}\n")])
+            run.finish(1)
+
+    async def _shell_step(self, run: Run, step: str, value: Any) -> int:
+        command = batch_command(step, value, self.work_dir)
+        if command is None:
+            if step == "exec" and value == "*":
+                run.emit([p.record(p.STDERR, "exec '*': there is no main.py to run.\n")])
+                return 127
+            return 0
+        env = {**self.env(), "_BACKEND_BATCH_MODE": "1", "PYTHONUNBUFFERED": "1"}
+        proc = await asyncio.create_subprocess_shell(
+            command, cwd=self.work_dir, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )  # fmt: skip
+        self._batch_proc = proc
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            await asyncio.gather(
+                _pump(proc.stdout, p.STDOUT, run), _pump(proc.stderr, p.STDERR, run)
+            )
+            code = await proc.wait()
+        finally:
+            self._batch_proc = None
+        return code if code >= 0 else 128 - code
+
+    def _signal_batch(self, sig: int) -> bool:
+        proc = self._batch_proc
+        if proc is None or proc.returncode is not None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        return True
 
     # -- other shell requests -----------------------------------------------------------------
     async def _shell_request(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
@@ -326,3 +406,33 @@ def _exit_code(content: dict[str, Any]) -> int:
         except ValueError:
             return 1
     return 1
+
+
+def batch_command(step: str, value: Any, work_dir: Path) -> str | None:
+    """The shell command of a batch step; ``"*"`` is the Python default (protocol §1.6).
+
+    clean ``*``: nothing. build ``*``: ``make`` when there is a Makefile, else nothing.
+    exec ``*``: ``python main.py`` when there is a main.py (else exit code 127).
+    """
+    if not value:
+        return None
+    if not isinstance(value, str):
+        raise InvalidAPIParamsError(f"Batch option {step!r} must be a shell command string.")
+    if value != "*":
+        return value
+    if step == "build" and (work_dir / "Makefile").exists():
+        return "make"
+    if step == "exec" and (work_dir / "main.py").exists():
+        return "python main.py"
+    return None
+
+
+async def _pump(stream: asyncio.StreamReader, kind: str, run: Run) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while chunk := await stream.read(64 * 1024):
+        text = decoder.decode(chunk)
+        if text:
+            run.emit([p.record(kind, text)])
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        run.emit([p.record(kind, tail)])

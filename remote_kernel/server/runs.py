@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ class RecordLog:
         self._sizes: list[int] = []
         self._dropped: dict[int, int] = {}  # index -> bytes dropped there
         self.sent = 0  # records [0, sent) were handed out at least once
+        self.floor = 0  # records before this never merge with later ones (batch step ends)
         self.acked = 0  # records [0, acked) are freed
         self._oldest = 0  # first index not yet freed or dropped
         self.bytes = 0
@@ -54,7 +56,7 @@ class RecordLog:
         items = self._items
         last = len(items) - 1
         if (
-            last >= self.sent
+            last >= max(self.sent, self.floor)
             and rec[0] in (p.STDOUT, p.STDERR)
             and items[last] is not None
             and items[last][0] == rec[0]  # type: ignore[index]
@@ -80,9 +82,9 @@ class RecordLog:
                 self._items[i] = None
             self._oldest += 1
 
-    def read(self, start: int) -> tuple[list[Record], int]:
-        """Records from ``start`` on (dropped ones summarised), and the cursor after them."""
-        end = len(self._items)
+    def read(self, start: int, stop: int | None = None) -> tuple[list[Record], int]:
+        """Records ``start..stop`` (dropped ones summarised), and the cursor after them."""
+        end = len(self._items) if stop is None else min(stop, len(self._items))
         out: list[Record] = []
         dropped_n = dropped_bytes = 0
         for i in range(min(start, end), end):
@@ -136,6 +138,7 @@ class Run:
         self.abandoned = False
         self.created = time.monotonic()
         self.task: asyncio.Task[None] | None = None
+        self.steps: deque[tuple[str, int, int]] = deque()  # batch: (status, exit code, log end)
         self._input: asyncio.Future[str | None] | None = None
         self._changed = asyncio.Event()
 
@@ -165,6 +168,12 @@ class Run:
             if self.status == p.WAITING_INPUT:
                 self.status = RUNNING
             self._notify()
+
+    def step_done(self, status: str, exit_code: int) -> None:
+        """A batch step ended: one response will report ``status`` after the step's output."""
+        self.log.floor = len(self.log)
+        self.steps.append((status, exit_code, len(self.log)))
+        self._notify()
 
     def finish(self, exit_code: int, reply: dict[str, Any] | None = None) -> None:
         if self.status == p.FINISHED:
@@ -199,7 +208,7 @@ class Run:
     @property
     def settled(self) -> bool:
         """Finished or waiting for input: a poll returns at once."""
-        return self.status in (p.FINISHED, p.WAITING_INPUT)
+        return self.status in (p.FINISHED, p.WAITING_INPUT) or bool(self.steps)
 
     async def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait until ``predicate()`` holds or ``timeout`` passes; return the predicate."""
@@ -220,10 +229,8 @@ class Run:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def poll(
-        self, cursor: int | None, *, hold: float, coalesce: float
-    ) -> tuple[list[Record], int]:
-        """Wait per the poll-return policy (§1.5) and return ``(records, new cursor)``.
+    async def poll(self, cursor: int | None, *, hold: float, coalesce: float) -> dict[str, Any]:
+        """Wait per the poll-return policy (§1.5); return the response body (``cursor`` always).
 
         At once when settled; else as soon as output exists past ``start`` plus ``coalesce``
         seconds (cut short when the run settles); else after ``hold`` seconds.
@@ -237,7 +244,12 @@ class Run:
         has_news = await self.wait(lambda: self.settled or len(self.log) > start, hold)
         if has_news and not self.settled and coalesce > 0:
             await self.wait(lambda: self.settled, coalesce)
-        return self.log.read(start)
+        if self.steps:
+            status, exit_code, upto = self.steps.popleft()
+            records, end = self.log.read(start, upto)
+            return p.run_result(self.run_id, status, records, exit_code=exit_code, cursor=end)
+        records, end = self.log.read(start)
+        return self.result(records, end)
 
     def result(self, records: list[Record], cursor: int | None) -> dict[str, Any]:
         """The execute response body for this run's current state."""
