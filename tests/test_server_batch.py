@@ -47,8 +47,8 @@ async def batch(api: RawAPI, sid: str, **options: Any) -> list[tuple[str, Any, s
 async def test_batch_steps_and_exit_codes(api: RawAPI, sid: str) -> None:
     status, _ = await api.upload(sid, {"data/in.txt": b"payload"}, quote=True)
     assert status == 204
-    await api.run(sid, "open('mycode.py', 'w').write("
-                       "'import sys; print(sys.argv[1:], open(\"data/in.txt\").read())')")  # fmt: skip
+    script = "import sys; print(sys.argv[1:], open('data/in.txt').read())"
+    await api.run(sid, f"open('mycode.py', 'w').write({script!r})")
     steps = await batch(
         api, sid, clean="echo cleaning", build="*", exec="python mycode.py arg1 arg2"
     )
