@@ -161,13 +161,23 @@ def _patched_environ(values: dict[str, str]) -> Iterator[None]:
 
 def summarize(nb: Any, timings: dict[int, float], startup: float) -> str:
     """The demo's report: cells, outputs by type, time per cell."""
-    code_cells = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    code_cells = []
+    heading = ""
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            titles = [
+                ln.lstrip("#").strip() for ln in cell.source.splitlines() if ln.startswith("#")
+            ]
+            heading = titles[-1] if titles else heading
+        elif cell.cell_type == "code":
+            first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+            code_cells.append((index, cell, heading or first))
+            heading = ""
     counts: collections.Counter[str] = collections.Counter()
     lines = []
-    for number, (index, cell) in enumerate(code_cells, 1):
+    for number, (index, cell, first) in enumerate(code_cells, 1):
         kinds = [out.output_type for out in cell.outputs]
         counts.update(kinds)
-        first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
         took = timings.get(index)
         took_text = f"{took * 1000:7.0f} ms" if took is not None else "      - ms"
         shown = ", ".join(f"{n} {k}" for k, n in collections.Counter(kinds).items()) or "-"
@@ -194,9 +204,9 @@ class DemoApp(SubcommandApp):
     summary, and stops everything it started.
     """
 
-    output = Unicode("tour.executed.ipynb", help="Where to write the executed notebook.").tag(
-        config=True
-    )
+    output = Unicode(
+        "", help="Where to write the executed notebook (default: NAME.executed.ipynb here)."
+    ).tag(config=True)
     notebook = Unicode("", help="Run this notebook instead of the packaged tour.").tag(config=True)
     cell_timeout = Float(120.0, help="Seconds each cell may take.").tag(config=True)
     startup_timeout = Float(60.0, help="Seconds the server and the kernel may take to start.").tag(
@@ -236,18 +246,12 @@ class DemoApp(SubcommandApp):
         import nbformat
 
         source = Path(self.notebook) if self.notebook else tour_notebook()
-        output = Path(self.output).resolve()
+        output = Path(self.output or f"{source.stem}.executed.ipynb").resolve()
         print(f"Starting a throwaway server (state in {workdir}) ...", flush=True)
         server.start(self.startup_timeout)
         print(f"Server at {server.endpoint}", flush=True)
 
         prefix = workdir / "prefix"
-        install(
-            kernel_name=DEMO_KERNEL_NAME,
-            prefix=str(prefix),
-            endpoint=server.endpoint,
-            display_name="Python (remote demo)",
-        )
         jupyter_path = os.pathsep.join(
             p for p in (str(prefix / "share" / "jupyter"), os.environ.get("JUPYTER_PATH")) if p
         )
@@ -263,7 +267,13 @@ class DemoApp(SubcommandApp):
         nb = nbformat.read(source, as_version=4)
         original_spec = dict(nb.metadata.get("kernelspec", {}))
         with _patched_environ(env):
-            timings, startup, failure = self._execute(nb, source.parent)
+            install(
+                kernel_name=DEMO_KERNEL_NAME,
+                prefix=str(prefix),
+                endpoint=server.endpoint,
+                display_name="Python (remote demo)",
+            )
+            timings, startup, failure = self._execute(nb, source.parent, workdir / "kernel.log")
         if original_spec:
             nb.metadata["kernelspec"] = original_spec
         nbformat.write(nb, output)
@@ -272,7 +282,9 @@ class DemoApp(SubcommandApp):
         print(f"\nWrote {output}")
         print(summarize(nb, timings, startup))
 
-    def _execute(self, nb: Any, cwd: Path) -> tuple[dict[int, float], float, str | None]:
+    def _execute(
+        self, nb: Any, cwd: Path, log_path: Path
+    ) -> tuple[dict[int, float], float, str | None]:
         """Run every cell of ``nb`` in the demo kernel; return (timings, startup s, failure)."""
         from nbclient import NotebookClient
         from nbclient.exceptions import CellExecutionError
@@ -299,8 +311,9 @@ class DemoApp(SubcommandApp):
         startup = 0.0
         failure: str | None = None
         print("Starting the remote kernel ...", flush=True)
+        log = open(log_path, "w")  # noqa: SIM115 - closed below
         try:
-            with client.setup_kernel():
+            with client.setup_kernel(stdout=log, stderr=log):
                 startup = time.perf_counter() - t0
                 print(f"Remote kernel ready in {startup:.2f} s; running the notebook", flush=True)
                 assert client.kc is not None
@@ -310,9 +323,15 @@ class DemoApp(SubcommandApp):
                 for index, cell in enumerate(nb.cells):
                     client.execute_cell(cell, index)
         except CellExecutionError as exc:
-            failure = f"A cell failed:\n{exc}"
+            failure = f"A cell failed (tag a cell 'raises-exception' if it is meant to):\n{exc}"
+        except Exception as exc:
+            raise DemoError(
+                f"The remote kernel failed: {type(exc).__name__}: {exc}\n"
+                f"Its log:\n{_tail(log_path)}"
+            ) from exc
         finally:
             if client.km is not None:  # startup failed half-way, or an interrupt
                 with contextlib.suppress(Exception):
                     client._cleanup_kernel()
+            log.close()
         return timings, startup, failure

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 import signal
 import subprocess
@@ -141,8 +140,8 @@ def test_demo_failing_cell_exits_nonzero_and_cleans_up(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "A cell failed" in done.stderr and "NameError" in done.stderr
     assert "remote_kernel/demo.py" not in done.stderr  # a message, not a crash of the demo
-    executed = json.loads((tmp_path / "o.ipynb").read_text())
-    assert executed["cells"][0]["outputs"][0]["text"] == "before\n"
+    executed = nbformat.read(tmp_path / "o.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "before\n"
     assert_nothing_left(tmpdir)
 
 
