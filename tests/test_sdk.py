@@ -283,6 +283,15 @@ def test_destroy_then_404(run):
     assert out["recreated"] == {"created": True, "same_id": False}
 
 
+def test_abandoned_run_does_not_wedge_the_session(run):
+    out = run("abandon")
+    assert out["first_status"] == "continued"
+    second = out["second"]
+    assert (second["status"], second["exitCode"]) == ("finished", 0)
+    assert second["stdout"].endswith("second\n")
+    assert out["second_elapsed"] < 10.0
+
+
 def test_files_upload_list_download(run):
     out = run("files")
     assert out["read"]["console"] == [["stdout", "top level\nnested file\n"]]

@@ -372,6 +372,25 @@ def files(name: str) -> dict[str, Any]:
             compute.destroy()
 
 
+def abandon(name: str) -> dict[str, Any]:
+    """A run left undrained (one poll, then a new query) must not wedge the session."""
+    with Session() as api:
+        compute = _create(api, name)
+        try:
+            first = compute.execute(
+                None, "import time\ntime.sleep(2)\nprint('first done')", mode="query"
+            )
+            started = time.monotonic()
+            second = run_loop(compute, "print('second')")
+            return {
+                "first_status": first["status"],
+                "second": second,
+                "second_elapsed": time.monotonic() - started,
+            }
+        finally:
+            compute.destroy()
+
+
 def upload_missing(name: str) -> dict[str, Any]:
     """Uploads to a session that does not exist, repeated on one connection: 404 each time.
 
@@ -442,6 +461,7 @@ SCENARIOS = {
         restart,
         reuse,
         files,
+        abandon,
         upload_missing,
         destroy,
         wrong_secret,
