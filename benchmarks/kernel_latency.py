@@ -111,10 +111,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--local-kernel", default="python3")
+    parser.add_argument(
+        "--server-arg", action="append", default=[], help="extra `remote-kernel serve` argument"
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="rk-bench-"))
-    server = DemoServer(workdir)
+    server = DemoServer(workdir, args.server_arg)
     try:
         server.start(timeout=60)
         prefix = workdir / "prefix"

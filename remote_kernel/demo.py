@@ -64,8 +64,9 @@ def _tail(path: Path, lines: int = 15) -> str:
 class DemoServer:
     """A ``remote-kernel serve`` subprocess in its own temp state dir, with a fresh keypair."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_args: list[str] | None = None) -> None:
         self.workdir = workdir
+        self.extra_args = list(extra_args or [])
         self.state_dir = workdir / "state"
         self.log_path = workdir / "server.log"
         self.proc: subprocess.Popen[str] | None = None
@@ -99,7 +100,7 @@ class DemoServer:
         log = open(self.log_path, "w")  # noqa: SIM115 - closed when the process ends
         cmd = [sys.executable, "-m", "remote_kernel", "serve", "--ip", "127.0.0.1", "--port", "0"]
         self.proc = subprocess.Popen(
-            [*cmd, "--state-dir", str(self.state_dir)],
+            [*cmd, "--state-dir", str(self.state_dir), *self.extra_args],
             stdout=subprocess.PIPE,
             stderr=log,
             stdin=subprocess.DEVNULL,
