@@ -265,7 +265,7 @@ class DemoApp(SubcommandApp):
             "BACKEND_ACCESS_KEY": server.access_key,
             "BACKEND_SECRET_KEY": server.secret_key,
         }
-        nb = nbformat.read(source, as_version=4)
+        nb = nbformat.read(source, as_version=4)  # type: ignore[no-untyped-call]
         original_spec = dict(nb.metadata.get("kernelspec", {}))
         with _patched_environ(env):
             install(
@@ -277,7 +277,7 @@ class DemoApp(SubcommandApp):
             timings, startup, failure = self._execute(nb, source.parent, workdir / "kernel.log")
         if original_spec:
             nb.metadata["kernelspec"] = original_spec
-        nbformat.write(nb, output)
+        nbformat.write(nb, output)  # type: ignore[no-untyped-call]
         if failure is not None:
             raise DemoError(f"{failure}\nThe partly executed notebook is in {output}")
         print(f"\nWrote {output}")
