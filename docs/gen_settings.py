@@ -29,6 +29,8 @@ def render() -> str:
         default = f"`{trait.default_value_repr()}`"
         if name == "state_dir":
             default = "`$XDG_STATE_HOME/remote-kernel`"
+        elif name == "vfolder_root":
+            default = "`<state dir>/vfolders`"
         help_text = " ".join(trait.help.split()).split(" Environment:")[0]
         lines.append(f"| `{name}` | `{_env(name)}` | {default} | {help_text} |")
     return "\n".join(lines) + "\n"

@@ -213,7 +213,8 @@ def parse_execute_request(body: Any) -> ExecuteRequest:
     """
     if not isinstance(body, dict):
         raise InvalidAPIParamsError("The request body must be a JSON object.")
-    options = body.get("options") or {}
+    options = body.get("options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise InvalidAPIParamsError("'options' must be a JSON object.")
     mode = body.get("mode")
@@ -233,7 +234,9 @@ def parse_execute_request(body: Any) -> ExecuteRequest:
         raise InvalidAPIParamsError("'runId' must be a string.")
     if mode in ("continue", "input") and not run_id:
         raise InvalidAPIParamsError(f"'{mode}' requires the runId of the run to continue.")
-    cursor = body.get("cursor", options.get("cursor"))
+    cursor = body.get("cursor")
+    if cursor is None:
+        cursor = options.get("cursor")
     if cursor is not None and (
         not isinstance(cursor, int) or isinstance(cursor, bool) or cursor < 0
     ):

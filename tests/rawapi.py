@@ -100,6 +100,21 @@ class RawAPI:
                 parts.append(bytes(await part.read()))
             return resp.status, parts
 
+    def _stream_headers(self, path: str) -> dict[str, str]:
+        """WebSocket and SSE requests carry no Content-Type and sign application/octet-stream."""
+        return sign_headers(
+            self.keypair, method="GET", path_qs=path, host=self.host,
+            content_type="application/octet-stream", version=API_VERSION,
+        )  # fmt: skip
+
+    async def websocket(self, path: str) -> aiohttp.ClientWebSocketResponse:
+        url = URL(self.endpoint + path, encoded=True)
+        return await self.http.ws_connect(url, headers=self._stream_headers(path))
+
+    async def events(self, path: str) -> aiohttp.ClientResponse:
+        url = URL(self.endpoint + path, encoded=True)
+        return await self.http.get(url, headers=self._stream_headers(path))
+
     async def create(self, name: str, image: str = "python:3.11", **extra: Any) -> str:
         status, body = await self.call("POST", "/session", {"image": image, "name": name, **extra})
         assert status == 201, body
@@ -115,6 +130,15 @@ class RawAPI:
         status, resp = await self.call("POST", f"/session/{sid}", body)
         assert status == 200, resp
         return dict(resp["result"])
+
+    async def drain(self, sid: str, result: dict[str, Any]) -> dict[str, Any]:
+        """Poll a run on to its next settled state (a poll may return output before the end):
+        the last result, with the console of every response on the way."""
+        console = list(result["console"])
+        while result["status"] == "continued":
+            result = await self.execute(sid, "continue", "", result["runId"])
+            console += result["console"]
+        return {**result, "console": console}
 
     async def run(
         self, sid: str, code: str, *, jupyter: bool = False, cursor: bool = False, **options: Any

@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import os
 import signal
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from .keystore import KeyStore, default_state_dir
 from .middleware import auth_middleware, error_middleware
 from .routes import setup_routes
 from .sessions import SessionManager
+from .streams import close_streams, websockets_key
 
 ENV_PREFIX = "REMOTE_KERNEL_"
 
@@ -56,6 +58,8 @@ def make_app(
     }
     app[keystore_key] = keystore
     app[manager_key] = manager
+    app[websockets_key] = weakref.WeakSet()
+    app.on_shutdown.append(close_streams)
     setup_routes(app, extensions=extensions)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -169,6 +173,11 @@ class ServerApp(Application):
         help="Largest download, all archives together (413 above). "
         f"Environment: {_env('max_download_bytes')}.",
     ).tag(config=True)
+    vfolder_root = Unicode(
+        help="Folder whose subfolders sessions may mount (config.mounts / mount_map); they "
+        "outlive sessions. Environment: "
+        f"{_env('vfolder_root')} (default: <state dir>/vfolders).",
+    ).tag(config=True)
     debug = Bool(
         False, help=f"Include tracebacks in error bodies. Environment: {_env('debug')}."
     ).tag(config=True)
@@ -220,6 +229,7 @@ class ServerApp(Application):
             Path(self.state_dir),
             max_sessions_per_key=self.max_sessions_per_key,
             idle_timeout=self.idle_timeout,
+            vfolder_root=Path(self.vfolder_root or Path(self.state_dir) / "vfolders"),
             runner_options={
                 "start_timeout": self.kernel_start_timeout,
                 "max_run_bytes": self.max_run_output_bytes,

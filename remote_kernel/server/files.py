@@ -11,7 +11,7 @@ import io
 import os
 import stat
 import tarfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,14 @@ from urllib.parse import unquote
 from ..errors import InvalidAPIParamsError, NotFoundError, RequestTooLargeError
 
 
-def confine(root: Path, rel: str, *, must_exist: bool = False) -> Path:
+def confine(
+    root: Path, rel: str, *, must_exist: bool = False, extra_roots: Iterable[Path] = ()
+) -> Path:
     """The absolute path of ``rel`` inside ``root``; 400 when it would escape.
 
     ``rel`` is percent-decoded first (the SDK percent-encodes upload names), so ``..%2Fx`` is
-    refused like ``../x``.
+    refused like ``../x``. ``extra_roots`` are folders mounted into the work dir: a path that
+    resolves into one of them (through its link) is inside too.
     """
     if not isinstance(rel, str) or rel == "":
         raise InvalidAPIParamsError("A file path is required.")
@@ -40,7 +43,8 @@ def confine(root: Path, rel: str, *, must_exist: bool = False) -> Path:
         raise InvalidAPIParamsError(f"The path {rel!r} leaves the session's work directory.")
     real_root = Path(os.path.realpath(root))
     target = Path(os.path.realpath(real_root / decoded))
-    if target != real_root and real_root not in target.parents:
+    allowed = [real_root, *(Path(os.path.realpath(r)) for r in extra_roots)]
+    if not any(target == r or r in target.parents for r in allowed):
         raise InvalidAPIParamsError(f"The path {rel!r} leaves the session's work directory.")
     if must_exist and not os.path.lexists(target):
         raise NotFoundError(f"No such file or directory in the session: {rel!r}.")
@@ -48,10 +52,15 @@ def confine(root: Path, rel: str, *, must_exist: bool = False) -> Path:
 
 
 async def save_upload(
-    root: Path, name: str, chunks: AsyncIterator[bytes], *, max_bytes: int
+    root: Path,
+    name: str,
+    chunks: AsyncIterator[bytes],
+    *,
+    max_bytes: int,
+    extra_roots: Iterable[Path] = (),
 ) -> Path:
     """Write one uploaded file under ``root`` (parents created); 413 past ``max_bytes``."""
-    target = confine(root, name)
+    target = confine(root, name, extra_roots=extra_roots)
     if target.is_dir():
         raise InvalidAPIParamsError(f"{name!r} is a directory in the session.")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -74,9 +83,9 @@ async def save_upload(
     return target
 
 
-def tar_of(root: Path, rel: str, *, max_bytes: int) -> bytes:
+def tar_of(root: Path, rel: str, *, max_bytes: int, extra_roots: Iterable[Path] = ()) -> bytes:
     """A tar archive of one path (a directory with its contents); symlinks stay links."""
-    target = confine(root, rel, must_exist=True)
+    target = confine(root, rel, must_exist=True, extra_roots=extra_roots)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(target, arcname=target.name or ".", recursive=True)
@@ -94,11 +103,11 @@ def tar_of(root: Path, rel: str, *, max_bytes: int) -> bytes:
     return data
 
 
-def list_dir(root: Path, rel: str) -> dict[str, Any]:
+def list_dir(root: Path, rel: str, *, extra_roots: Iterable[Path] = ()) -> dict[str, Any]:
     """Backend.AI's listing body: ``files`` is a JSON *string* of entries."""
     import json
 
-    target = confine(root, rel or ".", must_exist=True)
+    target = confine(root, rel or ".", must_exist=True, extra_roots=extra_roots)
     if not target.is_dir():
         raise InvalidAPIParamsError(f"{rel!r} is not a directory.")
     entries = []

@@ -98,7 +98,7 @@ async def destroy_session(request: web.Request) -> web.Response:
 
 
 async def restart_session(request: web.Request) -> web.Response:
-    await _session(request).runner.restart()
+    await request.app[manager_key].restart(_session(request))
     return web.Response(status=204)
 
 
@@ -209,7 +209,7 @@ async def upload(request: web.Request) -> web.Response:
                 "(ServerApp.max_upload_files)."
             )
         await files.save_upload(
-            session.runner.work_dir, name, _chunks(part),
+            session.runner.work_dir, name, _chunks(part), extra_roots=session.mounts.values(),
             max_bytes=config["max_upload_bytes"],
         )  # fmt: skip
     session.touch()
@@ -246,7 +246,10 @@ async def download(request: web.Request) -> web.Response:
     writer = aiohttp.MultipartWriter("mixed")
     total = 0
     for name in names:
-        data = files.tar_of(session.runner.work_dir, name, max_bytes=limit - total)
+        data = files.tar_of(
+            session.runner.work_dir, name, max_bytes=limit - total,
+            extra_roots=session.mounts.values(),
+        )  # fmt: skip
         total += len(data)
         writer.append(data, {"Content-Type": "application/x-tar"})
     session.touch()
@@ -260,4 +263,6 @@ async def list_files(request: web.Request) -> web.Response:
         path = (await read_json(request)).get("path") or "."
     if not isinstance(path, str):
         raise InvalidAPIParamsError("'path' must be a string.")
-    return json_response(files.list_dir(session.runner.work_dir, path))
+    return json_response(
+        files.list_dir(session.runner.work_dir, path, extra_roots=session.mounts.values())
+    )

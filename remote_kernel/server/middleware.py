@@ -56,25 +56,36 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> Server
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error, including unknown routes and wrong methods, becomes a problem+json body."""
-    debug = bool(request.app[config_key].get("debug", False))
+    """Every error, including unknown routes and wrong methods, becomes a problem+json body.
+
+    An error answered before the request body was read closes the connection: the unread body
+    would otherwise be parsed as the next request on a kept-alive connection.
+    """
     try:
         return await handler(request)
-    except ServerError as exc:
-        return problem_response(exc, debug=debug)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return problem_response(_from_http_exception(exc, request), debug=debug)
     except Exception as exc:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        error = InternalServerError(
-            "The server failed unexpectedly; see its log for details."
-            if not debug
-            else f"{type(exc).__name__}: {exc}"
-        )
-        error.__cause__ = exc
-        return problem_response(error, debug=debug)
+        resp = _error_response(request, exc)
+        if request.body_exists and not request.content.is_eof():
+            resp.force_close()
+        return resp
+
+
+def _error_response(request: web.Request, exc: Exception) -> web.Response:
+    debug = bool(request.app[config_key].get("debug", False))
+    if isinstance(exc, ServerError):
+        return problem_response(exc, debug=debug)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        return problem_response(_from_http_exception(exc, request), debug=debug)
+    log.exception("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    error = InternalServerError(
+        "The server failed unexpectedly; see its log for details."
+        if not debug
+        else f"{type(exc).__name__}: {exc}"
+    )
+    error.__cause__ = exc
+    return problem_response(error, debug=debug)
 
 
 @web.middleware

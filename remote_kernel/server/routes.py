@@ -5,11 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import handlers as h
+from . import streams
 
 
 def setup_routes(app: web.Application, *, extensions: bool) -> None:
     """Backend.AI v≥5 paths (``/session``), with the legacy ``/kernel`` aliases."""
     app.router.add_get("/", h.hello)
+    app.router.add_get("/events/session", streams.session_events)
     for prefix in ("/session", "/kernel"):
         app.router.add_post(prefix, h.create_session)
         app.router.add_get(prefix, h.list_sessions)
@@ -25,6 +27,9 @@ def setup_routes(app: web.Application, *, extensions: bool) -> None:
         app.router.add_post(sid + "/download", h.download)
         app.router.add_get(sid + "/download", h.download)
         app.router.add_get(sid + "/files", h.list_files)
+        stream = "/stream" + sid
+        app.router.add_get(stream + "/execute", streams.stream_execute)
+        app.router.add_get(stream + "/pty", streams.stream_pty)
         if extensions:
             app.router.add_post(sid + "/inspect", h.inspect)
             app.router.add_post(sid + "/is-complete", h.is_complete)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import time
 import uuid
@@ -23,11 +24,14 @@ from ..errors import (
     TooManySessionsError,
 )
 from ..protocol import SESSION_NAME_RE
+from .events import Event, EventHub
 from .runner import SessionRunner
 
 log = logging.getLogger("remote_kernel.server")
 
 PYTHON_KERNEL = "python3"
+VFOLDER_NAME_RE = re.compile(r"^[\w][\w.-]{0,63}$", re.ASCII)
+WORK_PREFIX = "/home/work/"
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Session:
     runner: SessionRunner
     dir: Path
     config: dict[str, Any]
+    mounts: dict[str, Path] = field(default_factory=dict)  # link in work dir -> folder
     created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     last_used: float = field(default_factory=time.monotonic)
 
@@ -129,8 +134,11 @@ class SessionManager:
         idle_timeout: float = 0.0,
         runner_options: dict[str, Any] | None = None,
         images: ImageResolver | None = None,
+        vfolder_root: Path | None = None,
     ) -> None:
         self.sessions_dir = Path(state_dir) / "sessions"
+        self.vfolder_root = Path(vfolder_root or Path(state_dir) / "vfolders")
+        self.events = EventHub()
         self.max_sessions_per_key = max_sessions_per_key
         self.idle_timeout = idle_timeout
         self.runner_options = dict(runner_options or {})
@@ -183,12 +191,18 @@ class SessionManager:
                     f"This keypair already has {self.max_sessions_per_key} sessions; destroy one "
                     "first (DELETE /session/{id}) or raise ServerApp.max_sessions_per_key."
                 )
+            folders = self._mount_plan(config)
             session_id = str(uuid.uuid4())
             sdir = self.sessions_dir / session_id
-            sdir.mkdir(parents=True, exist_ok=True)
+            work = sdir / "work"
+            work.mkdir(parents=True, exist_ok=True)
+            for dest, folder in folders.items():
+                link = work / dest
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(folder, target_is_directory=True)
             runner = SessionRunner(
                 kernel_name,
-                sdir / "work",
+                work,
                 sdir / "kernel.log",
                 environ={str(k): str(v) for k, v in environ.items()},
                 **self.runner_options,
@@ -208,18 +222,70 @@ class SessionManager:
                 runner=runner,
                 dir=sdir,
                 config=dict(config),
+                mounts=folders,
             )
             self._by_id[session_id] = session
+            for event in ("session_enqueued", "session_started", "kernel_started"):
+                self._publish(event, session, "user-requested")
             log.info(
                 "session %s (%s) started: %s → %s", session.name, session_id, image, kernel_name
             )
             return session, True
 
-    async def destroy(self, session: Session) -> None:
-        """Stop the kernel and delete the session's work directory."""
-        self._by_id.pop(session.id, None)
+    def _publish(self, name: str, session: Session, reason: str) -> None:
+        self.events.publish(Event(name, session.owner, session.id, session.name, reason))
+
+    def _mount_plan(self, config: dict[str, Any]) -> dict[str, Path]:
+        """``config.mounts`` / ``mount_map`` → {path inside the work dir: folder on the server}.
+
+        Folders live under ``vfolder_root`` and outlive sessions; a name that does not exist is
+        404, a name or destination that would escape is 400.
+        """
+        mounts = config.get("mounts") or []
+        mount_map = config.get("mount_map") or {}
+        if not isinstance(mounts, list) or not isinstance(mount_map, dict):
+            raise InvalidAPIParamsError("'config.mounts' must be a list, 'mount_map' an object.")
+        plan: dict[str, Path] = {}
+        for name in [*mounts, *[m for m in mount_map if m not in mounts]]:
+            if not isinstance(name, str) or not VFOLDER_NAME_RE.match(name) or name in (".", ".."):
+                raise InvalidAPIParamsError(f"Invalid folder name {name!r}.")
+            folder = self.vfolder_root / name
+            if not folder.is_dir():
+                available = sorted(p.name for p in self.vfolder_root.iterdir() if p.is_dir()) \
+                    if self.vfolder_root.is_dir() else []  # fmt: skip
+                raise NotFoundError(
+                    f"No such folder to mount: {name!r}. Folders on this server: "
+                    f"{', '.join(available) or 'none'} (under {self.vfolder_root}).",
+                    data={"available": available},
+                )
+            dest = str(mount_map.get(name) or name)
+            if dest.startswith(WORK_PREFIX):
+                dest = dest[len(WORK_PREFIX) :]
+            parts = dest.strip("/").split("/")
+            if dest.startswith("/") or not dest.strip("/") or ".." in parts or "." in parts:
+                raise InvalidAPIParamsError(
+                    f"Mount destination {dest!r} must be a path inside the work directory."
+                )
+            plan["/".join(parts)] = folder.resolve()
+        return plan
+
+    async def restart(self, session: Session) -> None:
+        self._publish("kernel_terminated", session, "restarting")
+        await session.runner.restart()
+        self._publish("kernel_started", session, "restarted")
+
+    async def destroy(self, session: Session, reason: str = "user-requested") -> None:
+        """Stop the kernel and delete the session's work directory (mounted folders stay)."""
+        if self._by_id.pop(session.id, None) is None:
+            return
+        self._publish("session_terminating", session, reason)
         await session.runner.shutdown()
+        for dest in session.mounts:  # unlink first: rmtree never follows links, but be explicit
+            with contextlib.suppress(OSError):
+                (session.runner.work_dir / dest).unlink()
         shutil.rmtree(session.dir, ignore_errors=True)
+        self._publish("kernel_terminated", session, reason)
+        self._publish("session_terminated", session, reason)
         log.info("session %s (%s) destroyed", session.name, session.id)
 
     async def shutdown_all(self) -> None:
@@ -248,4 +314,4 @@ class SessionManager:
                     "session %s idle for over %ss: destroying", session.name, self.idle_timeout
                 )
                 with contextlib.suppress(Exception):
-                    await self.destroy(session)
+                    await self.destroy(session, reason="idle-timeout")

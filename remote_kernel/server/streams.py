@@ -1,0 +1,216 @@
+"""Streaming handlers: WebSocket execute, WebSocket PTY and SSE session events (protocol §1.8)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import secrets
+import weakref
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .. import protocol as p
+from ..errors import InvalidAPIParamsError, RemoteKernelError
+from .appkeys import config_key, manager_key
+from .events import SERVER_CLOSE, Subscription
+from .handlers import _session
+from .terminal import Terminal
+
+SSE_PING_INTERVAL = 15.0
+websockets_key = web.AppKey("websockets_key", weakref.WeakSet[web.WebSocketResponse])
+
+
+async def close_streams(app: web.Application) -> None:
+    """On shutdown: end every event stream and close every WebSocket."""
+    app[manager_key].events.close_all()
+    for ws in list(app[websockets_key]):
+        await ws.close(code=1001, message=b"server shutdown")
+
+
+async def _open_ws(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(heartbeat=30)
+    await ws.prepare(request)
+    request.app[websockets_key].add(ws)
+    return ws
+
+
+# -- execute -------------------------------------------------------------------------------------
+async def stream_execute(request: web.Request) -> web.WebSocketResponse:
+    """One run per connection: first frame ``{code, mode, options}``, then one frame per result.
+
+    A plain text frame answers ``waiting-input``; the server closes after ``finished``; a client
+    that goes away mid-run interrupts it.
+    """
+    session = _session(request)
+    config = request.app[config_key]
+    ws = await _open_ws(request)
+    try:
+        req = _first_request(await ws.receive(), extensions=config["extensions"])
+    except InvalidAPIParamsError as exc:
+        await ws.send_json({"status": "error", "msg": f"Invalid API parameters: {exc}"})
+        await ws.close()
+        return ws
+    inbox: asyncio.Queue[str | None] = asyncio.Queue()
+    reader = asyncio.ensure_future(_read_text_frames(ws, inbox))
+    try:
+        while True:
+            result = await _race(
+                session.runner.execute(req, hold=config["poll_hold"],
+                                       coalesce=config["poll_coalesce"], cursors=False),
+                reader,
+            )  # fmt: skip
+            if result is None:  # the client went away mid-run
+                await session.runner.interrupt()
+                return ws
+            body = result["result"]
+            session.touch()
+            await ws.send_json({key: body.get(key) for key in
+                                ("status", "console", "exitCode", "options", "files")})  # fmt: skip
+            if body["status"] == p.FINISHED:
+                break
+            mode, code = "continue", ""
+            if body["status"] == p.WAITING_INPUT:
+                line = await _race(inbox.get(), reader)
+                if line is None:
+                    await session.runner.interrupt()
+                    return ws
+                mode, code = "input", line
+            req = p.ExecuteRequest(mode, code, req.run_id, {})
+        await ws.close()
+        return ws
+    except RemoteKernelError as exc:
+        await ws.send_json({"status": "error", "msg": f"BackendError: {exc}"})
+        await ws.close()
+        return ws
+    finally:
+        reader.cancel()
+
+
+def _first_request(msg: Any, *, extensions: bool) -> p.ExecuteRequest:
+    if msg.type != WSMsgType.TEXT:
+        raise InvalidAPIParamsError("the first frame must be JSON text {code, mode, options}")
+    try:
+        frame = json.loads(msg.data)
+    except ValueError:
+        raise InvalidAPIParamsError("the first frame is not valid JSON") from None
+    if not isinstance(frame, dict) or frame.get("mode", "query") not in ("query", "batch"):
+        raise InvalidAPIParamsError("mode must be 'query' or 'batch'")
+    options = frame.get("options") or {}
+    if not isinstance(options, dict):
+        raise InvalidAPIParamsError("options must be an object")
+    if not extensions:
+        options.pop("console", None)
+    return p.parse_execute_request(
+        {"mode": frame.get("mode", "query"), "code": frame.get("code") or "",
+         "runId": secrets.token_hex(16), "options": options}
+    )  # fmt: skip
+
+
+async def _read_text_frames(ws: web.WebSocketResponse, inbox: asyncio.Queue[str | None]) -> None:
+    """Queue text frames; return when the client closes (or the connection breaks)."""
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT:
+            inbox.put_nowait(msg.data)
+        elif msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+            break
+
+
+async def _race(work: Any, reader: asyncio.Future[None]) -> Any:
+    """``await work``, or None if the connection closes first (``work`` is then cancelled)."""
+    task = asyncio.ensure_future(work)
+    if reader.done():
+        task.cancel()
+        return None
+    done, _ = await asyncio.wait({task, reader}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    return None
+
+
+# -- pty -----------------------------------------------------------------------------------------
+async def stream_pty(request: web.Request) -> web.WebSocketResponse:
+    """A shell in the session's work dir; frames: stdin, resize, ping, restart → out."""
+    session = _session(request)
+    ws = await _open_ws(request)
+    outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def make_terminal() -> Terminal:
+        term = Terminal(session.runner.work_dir, session.runner.env(), outbox.put_nowait,
+                        lambda: outbox.put_nowait(None))  # fmt: skip
+        term.start()
+        return term
+
+    terminal = make_terminal()
+
+    async def pump_out() -> None:
+        while (data := await outbox.get()) is not None:
+            await ws.send_str(json.dumps({"type": "out", "data": base64.b64encode(data).decode()}))
+        await ws.close()  # the shell exited
+
+    sender = asyncio.ensure_future(pump_out())
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            session.touch()
+            try:
+                frame = json.loads(msg.data)
+            except ValueError:
+                continue
+            kind = frame.get("type") if isinstance(frame, dict) else None
+            if kind == "stdin":
+                terminal.write(base64.b64decode(frame.get("chars", "")))
+            elif kind == "resize":
+                terminal.resize(int(frame.get("rows", 24)), int(frame.get("cols", 80)))
+            elif kind == "ping":
+                await ws.send_str(json.dumps({"type": "pong"}))
+            elif kind == "restart":
+                terminal.on_exit = lambda: None
+                terminal.close()
+                terminal = make_terminal()
+    finally:
+        sender.cancel()
+        terminal.close()
+    return ws
+
+
+# -- events --------------------------------------------------------------------------------------
+async def session_events(request: web.Request) -> web.StreamResponse:
+    """SSE of the caller's own session/kernel events; ends with ``server_close``."""
+    manager = request.app[manager_key]
+    owner = request["owner"]
+    query = request.query
+    session_id = query.get("sessionId") or None
+    name = query.get("sessionName") or query.get("name") or "*"
+    scope = query.get("scope", "*")
+    scopes = {"session", "kernel"} if scope in ("*", "") else set(scope.split(","))
+    if not scopes <= {"session", "kernel"}:
+        raise InvalidAPIParamsError(f"scope must be '*' or a list of session, kernel: {scope!r}")
+    sub = Subscription(owner, scopes=frozenset(scopes))
+    if session_id is not None:
+        sub.session_id = manager.get(owner, session_id).id
+    elif name != "*":
+        sub.session_name = manager.get(owner, name).name
+    manager.events.subscribe(sub)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache"})  # fmt: skip
+    try:
+        await resp.prepare(request)
+        while True:
+            try:
+                event = await asyncio.wait_for(sub.queue.get(), SSE_PING_INTERVAL)
+            except asyncio.TimeoutError:
+                await resp.write(b": ping\n\n")
+                continue
+            await resp.write(event.sse())
+            if event.name == SERVER_CLOSE:
+                break
+    finally:
+        manager.events.unsubscribe(sub)
+    return resp
