@@ -470,6 +470,217 @@ SCENARIOS = {
 }
 
 
+# -- batch mode, files and streams (tests/test_sdk_surface.py) ------------------------------------
+MYCODE = (
+    "import sys\n"
+    "print('args:', ' '.join(sys.argv[1:]))\n"
+    "with open('data/input.txt') as fh:\n"
+    "    data = fh.read()\n"
+    "print('data:', data.strip())\n"
+    "with open('result.txt', 'w') as fh:\n"
+    "    fh.write(data.upper())\n"
+)
+INPUT_TXT = "forty two\n"
+BATCH_OPTS = {"clean": "*", "build": "*", "exec": "python mycode.py arg1 arg2"}
+
+
+def batch_loop(compute: Any, opts: dict[str, Any]) -> dict[str, Any]:
+    """The documented batch loop: ``execute(mode="batch", opts=...)``, then ``continue``.
+
+    ``steps`` holds one entry per status that ends a step (anything but ``continued``) with the
+    output received since the previous one.
+    """
+    result = compute.execute(mode="batch", opts=opts)
+    run_id = result["runId"]
+    statuses: list[str] = []
+    steps: list[dict[str, Any]] = []
+    console: list[Any] = []
+    while True:
+        statuses.append(result["status"])
+        console += result.get("console") or []
+        if result["status"] != "continued":
+            steps.append(
+                {
+                    "status": result["status"],
+                    "exitCode": result.get("exitCode"),
+                    "stdout": "".join(r[1] for r in console if r[0] == "stdout"),
+                    "stderr": "".join(r[1] for r in console if r[0] == "stderr"),
+                }
+            )
+            console = []
+        if result["status"] in TERMINAL:
+            break
+        result = compute.execute(run_id, "", mode="continue")
+        if result["runId"] != run_id:
+            raise AssertionError(f"runId changed: {run_id!r} -> {result['runId']!r}")
+    return {"runId": run_id, "statuses": statuses, "steps": steps}
+
+
+def batch_files(name: str) -> dict[str, Any]:
+    """Upload mycode.py and data/input.txt (basedir), run the documented batch example, run a
+    batch whose build fails, list the work dir and download the file mycode.py wrote."""
+    os.makedirs(os.path.join("project", "data"))
+    with open(os.path.join("project", "mycode.py"), "w") as fh:
+        fh.write(MYCODE)
+    with open(os.path.join("project", "data", "input.txt"), "w") as fh:
+        fh.write(INPUT_TXT)
+    with Session() as api:
+        compute = _create(api, name)
+        try:
+            compute.upload(
+                [os.path.join("project", "mycode.py"),
+                 os.path.join("project", "data", "input.txt")],
+                basedir="project",
+            )  # fmt: skip
+            ok = batch_loop(compute, BATCH_OPTS)
+            failed = batch_loop(compute, {**BATCH_OPTS, "build": "exit 3"})
+            top = compute.list_files(".")
+            data_dir = compute.list_files("data")
+            downloaded = compute.download(["result.txt"], dest="downloads")
+            contents = {}
+            for root, _dirs, names in os.walk("downloads"):
+                for fname in names:
+                    path = os.path.join(root, fname)
+                    with open(path) as fh:
+                        contents[os.path.relpath(path, "downloads")] = fh.read()
+            return {
+                "batch": ok,
+                "failed_build": failed,
+                "list_top": top,
+                "list_data": data_dir,
+                "downloaded": downloaded,
+                "contents": contents,
+                "local_sizes": {
+                    "mycode.py": len(MYCODE.encode()),
+                    "input.txt": len(INPUT_TXT.encode()),
+                },
+            }
+        finally:
+            compute.destroy()
+
+
+def stream_execute_input(name: str) -> dict[str, Any]:
+    """``stream_execute`` (AsyncSession): ``input()`` answered with a plain text frame."""
+    code = "name = input('Your name: ')\nprint(f'hello {name}!')\n"
+
+    async def main() -> dict[str, Any]:
+        import aiohttp
+
+        async with AsyncSession() as api:
+            compute = await api.ComputeSession.get_or_create(IMAGE, name=name)
+            try:
+                frames: list[Any] = []
+                async with compute.stream_execute(code, mode="query") as ws:
+
+                    async def collect() -> None:
+                        async for msg in ws:
+                            if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                                frames.append([str(msg.type), repr(msg.data)])
+                                continue
+                            frame = json.loads(msg.data)
+                            frames.append(frame)
+                            if frame.get("status") == "waiting-input":
+                                await ws.send_str("Ada")
+
+                    await asyncio.wait_for(collect(), 60)
+                    closed = ws.closed
+                after = await compute.execute(None, "print(name)", mode="query")
+                while after["status"] not in TERMINAL:
+                    after = await compute.execute(after["runId"], "", mode="continue")
+            finally:
+                await compute.destroy()
+        return {"frames": frames, "closed": closed, "after": after}
+
+    return asyncio.run(main())
+
+
+def stream_pty(name: str) -> dict[str, Any]:
+    """``stream_pty`` (AsyncSession): a shell command's output comes back as ``out`` frames."""
+
+    async def main() -> dict[str, Any]:
+        import base64
+
+        import aiohttp
+
+        async with AsyncSession() as api:
+            compute = await api.ComputeSession.get_or_create(IMAGE, name=name)
+            try:
+                kinds: list[str] = []
+                text = ""
+                async with compute.stream_pty() as pty:
+                    command = base64.b64encode(b"echo hi-$((1+2))\n").decode()
+                    await pty.send_str(json.dumps({"type": "stdin", "chars": command}))
+
+                    async def read_until_hi() -> None:
+                        nonlocal text
+                        async for msg in pty:
+                            if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                                kinds.append(str(msg.type))
+                                return
+                            frame = json.loads(msg.data)
+                            kinds.append(frame.get("type"))
+                            if frame.get("type") == "out":
+                                text += base64.b64decode(frame["data"]).decode(errors="replace")
+                                lines = [ln.strip() for ln in text.splitlines()]
+                                if "hi-3" in lines:
+                                    return
+
+                    await asyncio.wait_for(read_until_hi(), 30)
+            finally:
+                await compute.destroy()
+        return {"kinds": kinds, "text": text}
+
+    return asyncio.run(main())
+
+
+def listen_events(name: str) -> dict[str, Any]:
+    """``listen_events`` (AsyncSession): destroying the session from another task ends the stream
+    with ``session_terminated`` and then ``server_close``, where the SDK's iterator stops."""
+
+    async def main() -> dict[str, Any]:
+        async with AsyncSession() as api:
+            compute = await api.ComputeSession.get_or_create(IMAGE, name=name)
+            events: list[dict[str, Any]] = []
+            destroyed: Any = None
+            try:
+                async with compute.listen_events() as stream:
+
+                    async def destroy_soon() -> Any:
+                        await asyncio.sleep(0.5)
+                        return await compute.destroy()
+
+                    destroyer = asyncio.ensure_future(destroy_soon())
+
+                    async def collect() -> None:
+                        async for ev in stream:
+                            events.append({"event": ev.event, "data": json.loads(ev.data)})
+
+                    started = time.monotonic()
+                    await asyncio.wait_for(collect(), 60)
+                    elapsed = time.monotonic() - started
+                    destroyed = await destroyer
+            except BaseException:
+                try:
+                    await compute.destroy()
+                except BackendAPIError:
+                    pass
+                raise
+        return {
+            "session_id": str(compute.id),
+            "events": events,
+            "iterator_stopped": True,
+            "elapsed": elapsed,
+            "destroyed": destroyed,
+        }
+
+    return asyncio.run(main())
+
+
+SCENARIOS.update(
+    {f.__name__: f for f in (batch_files, stream_execute_input, stream_pty, listen_events)}
+)
+
+
 def main(argv: list[str]) -> int:
     scenario, name = argv[0], argv[1]
     try:

@@ -1,0 +1,166 @@
+"""Acceptance: batch mode, files and streams through the official Backend.AI SDK.
+
+Same harness as ``tests/test_sdk.py``: every scenario runs in the SDK's own cached venv
+(``backend.ai-client 23.9.10`` on Python 3.11 and ``26.9.6`` on Python 3.13) as a subprocess of
+``tests/sdk/scenarios.py`` against a real ``remote-kernel serve``, and prints one JSON result.
+
+- ``batch_files``: ``upload([...], basedir=...)`` of ``mycode.py`` and ``data/input.txt``; the
+  documented batch example (``clean: "*"``, ``build: "*"``, ``exec: "python mycode.py arg1
+  arg2"``) looped on ``continue`` through ``clean-finished`` → ``build-finished`` → ``finished``;
+  a batch whose build fails (exec skipped, exitCode 127); ``list_files``; ``download``.
+- ``stream_execute_input``: WebSocket execute with ``input()`` answered by a plain text frame.
+- ``stream_pty``: a shell command typed into the PTY WebSocket.
+- ``listen_events``: the SSE stream sees ``session_terminated`` and stops at ``server_close``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .test_sdk import Sdk, non_continued, plain, run_scenario, venvs
+
+pytestmark = [pytest.mark.sdk, pytest.mark.slow, pytest.mark.timeout(300)]
+
+# What tests/sdk/scenarios.py uploads (MYCODE, INPUT_TXT) and what mycode.py prints and writes.
+INPUT_SIZE = len(b"forty two\n")
+BATCH_STDOUT = "args: arg1 arg2\ndata: forty two\n"
+
+
+@pytest.fixture(scope="module", params=list(venvs.SDK_SPECS), ids=lambda v: f"sdk-{v}")
+def sdk(request: pytest.FixtureRequest) -> Sdk:
+    """The SDK's venv, built once and cached; 26.x is skipped only where Python 3.13 is absent."""
+    spec = venvs.SDK_SPECS[request.param]
+    python = venvs.find_python(spec.python)
+    if python is None:
+        if spec.python == (3, 13):
+            pytest.skip(
+                f"no working python3.13 found (SDK {request.param} needs Python >=3.13,<3.14)"
+            )
+        pytest.fail(f"no working {spec.python_name} found to build SDK {request.param}")
+    return Sdk(request.param, venvs.venv_python(venvs.ensure_venv(spec, python)))
+
+
+@pytest.fixture
+def run(sdk: Sdk, server: Any, tmp_path: Path):
+    def _run(scenario: str) -> dict[str, Any]:
+        return run_scenario(sdk, server, scenario, tmp_path)
+
+    return _run
+
+
+@pytest.fixture(scope="module")
+def batch_files(sdk: Sdk, server: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One session: upload, two batches, listings and a download (asserted by several tests)."""
+    return run_scenario(sdk, server, "batch_files", tmp_path_factory.mktemp(f"batch-{sdk.major}"))
+
+
+def listing(response: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``list_files``' ``files`` is a JSON string; decode it to ``{filename: entry}``."""
+    assert isinstance(response["files"], str), response
+    entries = json.loads(response["files"])
+    assert isinstance(entries, list)
+    by_name = {entry["filename"]: entry for entry in entries}
+    assert len(by_name) == len(entries)
+    return by_name
+
+
+# -- batch mode ----------------------------------------------------------------------------------
+def test_batch_example_runs_uploaded_code(batch_files):
+    out = batch_files["batch"]
+    assert non_continued(out["statuses"]) == ["clean-finished", "build-finished", "finished"]
+    assert out["statuses"][-1] == "finished"
+    assert out["steps"] == [
+        {"status": "clean-finished", "exitCode": 0, "stdout": "", "stderr": ""},
+        {"status": "build-finished", "exitCode": 0, "stdout": "", "stderr": ""},
+        {"status": "finished", "exitCode": 0, "stdout": BATCH_STDOUT, "stderr": ""},
+    ]
+
+
+def test_failed_build_skips_exec(batch_files):
+    out = batch_files["failed_build"]
+    assert non_continued(out["statuses"]) == ["clean-finished", "build-finished", "finished"]
+    clean, build, finished = out["steps"]
+    assert clean == {"status": "clean-finished", "exitCode": 0, "stdout": "", "stderr": ""}
+    assert build == {"status": "build-finished", "exitCode": 3, "stdout": "", "stderr": ""}
+    assert (finished["status"], finished["exitCode"]) == ("finished", 127)
+    assert finished["stdout"] == ""  # mycode.py never ran
+    assert "args:" not in finished["stderr"] and "data:" not in finished["stderr"]
+    assert batch_files["failed_build"]["runId"] != batch_files["batch"]["runId"]
+
+
+# -- files ---------------------------------------------------------------------------------------
+def test_list_files_shows_uploads_and_written_file(batch_files):
+    top = batch_files["list_top"]
+    assert (top["errors"], top["abspath"]) == ("", ".")
+    entries = listing(top)
+    assert sorted(entries) == ["data", "mycode.py", "result.txt"]
+    assert entries["data"]["mode"].startswith("d")
+    assert entries["mycode.py"]["mode"].startswith("-")
+    assert entries["mycode.py"]["size"] == batch_files["local_sizes"]["mycode.py"]
+    assert entries["result.txt"]["size"] == len(b"FORTY TWO\n")
+    for entry in entries.values():
+        assert {"filename", "size", "mode", "mtime"} <= set(entry)
+
+    sub = batch_files["list_data"]
+    assert (sub["errors"], sub["abspath"]) == ("", "data")
+    data_entries = listing(sub)
+    assert list(data_entries) == ["input.txt"]
+    assert data_entries["input.txt"]["size"] == INPUT_SIZE
+    assert batch_files["local_sizes"]["input.txt"] == INPUT_SIZE
+
+
+def test_download_file_the_session_wrote(batch_files):
+    assert batch_files["downloaded"] == {"file_names": ["result.txt"]}
+    assert batch_files["contents"] == {"result.txt": "FORTY TWO\n"}
+
+
+# -- streams (AsyncSession only) -----------------------------------------------------------------
+def test_stream_execute_answers_input_over_the_socket(run):
+    out = run("stream_execute_input")
+    frames = out["frames"]
+    assert all(isinstance(frame, dict) for frame in frames), frames  # no close/error frame
+    assert non_continued([f["status"] for f in frames]) == ["waiting-input", "finished"]
+    assert frames[-1]["status"] == "finished"
+    waiting = next(f for f in frames if f["status"] == "waiting-input")
+    assert waiting["options"] == {"is_password": False}
+    assert all("runId" not in frame for frame in frames)
+    console = [rec for frame in frames for rec in frame["console"]]
+    assert console == [["stdout", "Your name: "], ["stdout", "hello Ada!\n"]]
+    assert frames[-1]["exitCode"] == 0
+    assert out["closed"] is True  # the server closed the socket after finished
+    after = out["after"]  # the kernel kept the answer
+    assert (after["status"], after["exitCode"], after["console"]) == (
+        "finished",
+        0,
+        [["stdout", "Ada\n"]],
+    )
+
+
+def test_stream_pty_echoes_shell_output(run):
+    out = run("stream_pty")
+    assert out["kinds"] and set(out["kinds"]) == {"out"}
+    lines = [line.strip() for line in plain(out["text"]).splitlines()]
+    assert "hi-3" in lines
+    assert lines[-1] == "hi-3"  # the scenario stops reading once the output line arrives
+
+
+def test_listen_events_sees_destroy_and_stops_at_server_close(run, sdk):
+    out = run("listen_events")
+    events = out["events"]
+    names = [e["event"] for e in events]
+    assert names == ["session_terminating", "kernel_terminated", "session_terminated",
+                     "server_close"]  # fmt: skip
+    assert out["iterator_stopped"] is True
+    assert out["elapsed"] < 10.0
+    terminated = events[2]["data"]
+    assert terminated["sessionId"] == out["session_id"]
+    assert terminated["sessionName"].startswith(f"sdk{sdk.major}-listen-events-")
+    assert terminated["reason"] == "user-requested"
+    assert "exitCode" in terminated
+    for event in events:
+        assert event["data"]["sessionId"] == out["session_id"]
+    assert out["destroyed"]["stats"] == {"status": "terminated"}
