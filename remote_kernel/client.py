@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -177,6 +178,7 @@ class RunLoopClient:
         request_timeout: float = 60.0,
         retries: int = 3,
         backoff: float = 0.25,
+        retry_budget: float = 10.0,
         use_extensions: bool = True,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
@@ -206,6 +208,7 @@ class RunLoopClient:
         self.request_timeout = request_timeout
         self.retries = max(0, retries)
         self.backoff = backoff
+        self.retry_budget = retry_budget
         self.use_extensions = use_extensions
         self._session = session
         self._owns_session = session is None
@@ -262,6 +265,11 @@ class RunLoopClient:
         """The one place aiohttp errors become :class:`TransportError` (with ``.request_sent``)."""
         try:
             yield
+        except aiohttp.ConnectionTimeoutError as exc:
+            reason = f"no connection within {self.connect_timeout:g} s"
+            err = TransportError(_UNREACHABLE.format(endpoint=self.endpoint, reason=reason))
+            err.request_sent = False  # type: ignore[attr-defined]
+            raise err from exc
         except aiohttp.ClientConnectorError as exc:
             reason = _reason(exc.os_error) if exc.os_error else str(exc)
             err = TransportError(_UNREACHABLE.format(endpoint=self.endpoint, reason=reason))
@@ -370,9 +378,12 @@ class RunLoopClient:
     ) -> Any:
         """One API call with bounded retries on transport errors (never on HTTP errors).
 
-        A non-idempotent request is retried only when it surely never reached the server.
+        A non-idempotent request is retried only when it surely never reached the server; no
+        retry starts once ``retry_budget`` seconds have passed, so a dead server is reported
+        within seconds.
         """
         attempts = 1 + (self.retries if retries is None else retries)
+        started = time.monotonic()
         for attempt in range(attempts):
             try:
                 return await self._send_once(
@@ -380,9 +391,10 @@ class RunLoopClient:
                 )
             except TransportError as exc:
                 sent = getattr(exc, "request_sent", True)
-                if attempt + 1 >= attempts or (sent and not idempotent):
-                    raise
                 delay = min(self.backoff * (2**attempt), 2.0)
+                over_budget = time.monotonic() - started + delay > self.retry_budget
+                if attempt + 1 >= attempts or (sent and not idempotent) or over_budget:
+                    raise
                 log.info("retrying %s %s in %.2fs after: %s", method, path, delay, exc)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover

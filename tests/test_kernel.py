@@ -92,7 +92,9 @@ def _wait_for_text(kc: BlockingKernelClient, msg_id: str, text: str, timeout: fl
             msg = kc.get_iopub_msg(timeout=0.5)
         except Empty:
             continue
-        if msg["parent_header"].get("msg_id") == msg_id and text in str(msg["content"]):
+        if msg["parent_header"].get("msg_id") != msg_id or msg["msg_type"] != "stream":
+            continue  # execute_input carries the code, and with it the text
+        if text in msg["content"]["text"]:
             return
     raise AssertionError(f"{text!r} never appeared")
 
