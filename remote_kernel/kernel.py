@@ -192,6 +192,9 @@ class RemoteKernel(Kernel):
 
         return os.environ.get("REMOTE_KERNEL_SESSION_NAME") or f"rk-{uuid.uuid4().hex[:16]}"
 
+    _creds: Credentials | None = None
+    _config_error: ConfigurationError | None = None
+
     def _credentials(self) -> Credentials:
         if self._creds is None:
             try:
@@ -203,8 +206,8 @@ class RemoteKernel(Kernel):
 
     # -- state --------
     def __init__(self, **kwargs: Any) -> None:
-        self._creds: Credentials | None = None
-        self._config_error: ConfigurationError | None = None
+        self._creds = None
+        self._config_error = None
         super().__init__(**kwargs)
         self.language_info = dict(PYTHON_LANGUAGE_INFO)
         self._next_count = 1
@@ -245,6 +248,7 @@ class RemoteKernel(Kernel):
             "evalue": "remote_kernel does not support kernel subshells",
             "traceback": [],
         }
+        assert self.session is not None
         self.session.send(socket, "create_subshell_reply", content, parent, ident)
 
     # SIGINT: keep it ignored while handlers run; do_execute installs its own loop handler.
@@ -556,6 +560,7 @@ class RemoteKernel(Kernel):
         """An awaitable, cancellable ``input_request`` (notes §2): never blocks the loop."""
         if not self._allow_stdin:
             raise StdinNotImplementedError(_STDIN_REFUSED)
+        assert self.session is not None
         parent = self.get_parent("shell")
         ident = self._get_shell_context_var(self._shell_parent_ident)
         while True:  # drop stale replies (e.g. from a stdin box left after an interrupt)
@@ -661,6 +666,7 @@ class RemoteKernel(Kernel):
             # thread-safe hop to the main loop: forwarded first, so _after_interrupt never waits
             self.io_loop.add_callback(cell.forwarded.set)
             self.io_loop.add_callback(cell.interrupted.set)
+        assert self.session is not None
         self.session.send(stream, "interrupt_reply", content, parent, ident=ident)
 
     def _api_version(self) -> str | None:

@@ -30,7 +30,7 @@ class RemoteKernelApp(IPKernelApp):
         RemoteKernel,
         klass="ipykernel.kernelbase.Kernel",
         help="The kernel class (a RemoteKernel subclass).",
-    ).tag(config=True)
+    ).tag(config=True)  # type: ignore[assignment]
     classes = [*IPKernelApp.classes, RemoteKernel]  # keep IPKernelApp's, or --help-all breaks
 
     def load_config_file(self, *args: Any, **kwargs: Any) -> None:
