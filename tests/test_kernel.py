@@ -373,3 +373,37 @@ def test_unshowable_records_are_noted_once_and_heartbeat_runs(
         path = f"/session/{session['sessionId']}"
         assert _wait(lambda: sum(r["path"] == path and r["method"] == "GET"
                                  for r in srv.requests) >= 3, 5)  # fmt: skip
+
+
+def test_base_layer_interrupt_while_waiting_for_input(
+    base_kernel: tuple[KernelManager, BlockingKernelClient],
+) -> None:
+    km, kc = base_kernel
+    msg_id = kc.execute("x = input('wait: ')", allow_stdin=True)
+    request = kc.get_stdin_msg(timeout=30)
+    assert request["content"]["prompt"] == "wait: "
+    km.interrupt_kernel()
+    reply = _reply_for(kc, msg_id, 15)["content"]
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    reply, outputs = execute(kc, "print('fine')")
+    assert reply["status"] == "ok" and "fine" in _texts(outputs, "stdout")
+
+
+def test_config_file_sets_the_image_and_a_failed_start_is_explained(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "jupyter_remote_kernel_config.json").write_text(
+        '{"RemoteKernel": {"image": "no-such-image:1"}}'
+    )
+    install_kernelspec(
+        "remote-python-config", {**server.env, "JUPYTER_CONFIG_DIR": str(config_dir)},
+        prefix=tmp_path / "spec",
+    )  # fmt: skip
+    with running_kernel("remote-python-config") as (_km, kc):
+        reply, outputs = execute(kc, "1")
+        assert reply["status"] == "error" and reply["ename"] == "NotFoundError"
+        evalue = outputs[-1]["content"]["evalue"]
+        assert "no-such-image:1" in evalue and "run the cell again" in evalue
+        assert _kernel_info_ok(kc)
