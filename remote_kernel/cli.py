@@ -57,5 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     finally:
-        RemoteKernelCLI.clear_instance()
+        _clear_singletons(app)
     return 0
+
+
+def _clear_singletons(app: Application) -> None:
+    """Forget the app and its subcommand apps, so a second ``main()`` starts afresh."""
+    chain = []
+    while app is not None:
+        chain.append(app)
+        app = app.subapp
+    for each in reversed(chain):
+        type(each).clear_instance()
