@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 ENV_ENDPOINT = "BACKEND_ENDPOINT"
 ENV_ACCESS_KEY = "BACKEND_ACCESS_KEY"
 ENV_SECRET_KEY = "BACKEND_SECRET_KEY"
-DEFAULT_ENDPOINT = "http://127.0.0.1:8091"
+DEFAULT_ENDPOINT = "http://127.0.0.1:8090"  # `remote-kernel serve`'s default port
 
 #: Bodyless requests are sent and signed with this content type, like the Backend.AI SDK.
 BODYLESS_CONTENT_TYPE = "text/plain"
