@@ -259,6 +259,10 @@ class ServerApp(Application):
 
     async def _serve(self) -> None:
         Path(self.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        stop = asyncio.Event()  # handlers first: a signal right after the banner must count
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         runner = web.AppRunner(self.make_app(), handle_signals=False, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.ip, self.port)
@@ -277,10 +281,6 @@ class ServerApp(Application):
         if self.auth == "keypair" and keys == 0:
             hint = f"remote-kernel keys create --state-dir {self.state_dir}"
             print(f"  no keypairs yet: run `{hint}`", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         self.log.info("shutting down: stopping every session")
         await runner.cleanup()
