@@ -17,6 +17,7 @@ lag median <= 30 ms.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -33,6 +34,25 @@ from remote_kernel.demo import DemoServer
 from remote_kernel.kernelspec import install
 
 REMOTE_SPEC = "remote-python-bench"
+FLOOR_SPEC = "answer-at-once-bench"
+#: A kernel that does nothing: what any ipykernel-based wrapper costs per cell, before its work.
+FLOOR_KERNEL = """\
+from ipykernel.kernelbase import Kernel
+from ipykernel.kernelapp import IPKernelApp
+
+class AnswerAtOnce(Kernel):
+    implementation = "answer-at-once"
+    implementation_version = "1"
+    banner = ""
+    language_info = {"name": "python", "mimetype": "text/x-python", "file_extension": ".py"}
+
+    async def do_execute(self, code, silent, store_history=True, user_expressions=None,
+                         allow_stdin=False, **kw):
+        return {"status": "ok", "execution_count": self.execution_count, "payload": [],
+                "user_expressions": {}}
+
+IPKernelApp.launch_instance(kernel_class=AnswerAtOnce)
+"""
 LAG_CODE = """\
 import sys, time
 for _ in range(30):
@@ -106,6 +126,27 @@ def measure(kernel_name: str, runs: int, lines: int) -> dict[str, Any]:
     }
 
 
+def floor_trivial(workdir: Path, prefix: Path, runs: int) -> float:
+    """Median trivial-cell time (ms) of a wrapper kernel that answers at once."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    src = workdir / "floor"
+    src.mkdir()
+    (src / "answer_at_once.py").write_text(FLOOR_KERNEL)
+    spec = {"argv": [sys.executable, str(src / "answer_at_once.py"), "-f", "{connection_file}"],
+            "display_name": "answer at once", "language": "python"}  # fmt: skip
+    (src / "kernel.json").write_text(json.dumps(spec))
+    KernelSpecManager().install_kernel_spec(str(src), FLOOR_SPEC, prefix=str(prefix))
+    km, kc = start_new_kernel(kernel_name=FLOOR_SPEC, startup_timeout=60)
+    try:
+        for _ in range(3):
+            run_cell(kc, "1+1")
+        return statistics.median(run_cell(kc, "1+1") for _ in range(runs)) * 1000
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
@@ -132,7 +173,9 @@ def main() -> int:
         local = measure(args.local_kernel, args.runs, args.lines)
         print(f"local  ({args.local_kernel}) done", flush=True)
         remote = measure(REMOTE_SPEC, args.runs, args.lines)
-        print("remote done\n", flush=True)
+        print("remote done", flush=True)
+        floor = floor_trivial(workdir, prefix, args.runs)
+        print("answer-at-once kernel done\n", flush=True)
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -161,6 +204,15 @@ def main() -> int:
     }
     print("\n" + ", ".join(f"{k}: {'met' if ok else 'MISSED'}" for k, ok in checks.items()))
     print(f"(lag samples: local {local['lag_n']}, remote {remote['lag_n']})")
+    least = floor + local["trivial"]
+    print(
+        f"\nWhere a trivial cell's time goes: a wrapper kernel that answers at once costs "
+        f"{floor:.2f} ms per cell; the remote cell itself is a local kernel's "
+        f"{local['trivial']:.2f} ms; so no ipykernel-based proxy can take less than about "
+        f"{least:.2f} ms ({least / local['trivial']:.2f}x). The remote kernel took "
+        f"{remote['trivial']:.2f} ms: {remote['trivial'] - least:.2f} ms more (HTTP, signing, "
+        "the server)."
+    )
     return 0
 
 
