@@ -189,3 +189,27 @@ async def test_any_installed_kernelspec_is_an_image(tmp_path: Path) -> None:
             assert records == [["stdout", "from-the-kernelspec\n"]]
     finally:
         srv.stop()
+
+
+async def test_kernel_log_stays_bounded(server: ServerProcess) -> None:
+    from remote_kernel.server.runner import LOG_KEEP, LOG_MAX
+
+    async with RawAPI(server.endpoint, server.access_key, server.secret_key) as api:
+        sid = await api.create(f"t-log-{uuid.uuid4().hex[:6]}")
+        try:
+            chunks = LOG_MAX // 65536 + 8
+            code = (
+                f"import os\nfor _ in range({chunks}):\n"
+                "    os.write(2, b'x' * 65535 + b'\\n')\n"
+                "os.write(2, b'LAST-LINE\\n')"
+            )
+            _, result = await api.run(sid, code)
+            assert result["exitCode"] == 0
+            log_file = server.state_dir / "sessions" / sid / "kernel.log"
+            assert LOG_KEEP <= log_file.stat().st_size <= LOG_KEEP + 1024
+            status, body = await api.call("GET", f"/session/{sid}/logs")
+            assert status == 200
+            assert body["result"]["logs"].rstrip().endswith("LAST-LINE")
+            assert len(body["result"]["logs"]) <= 256 * 1024
+        finally:
+            await api.destroy(sid)

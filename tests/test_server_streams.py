@@ -128,6 +128,9 @@ async def test_pty_runs_a_shell_in_the_work_dir(api: RawAPI, sid: str) -> None:
     async with asyncio.timeout(10):
         while (await ws.receive_json()).get("type") != "pong":
             pass
+    await ws.send_json({"type": "restart"})  # a fresh shell on the same socket
+    await send("echo again-$((1+1))\n")
+    assert "again-2" in await read_until("again-2\r\n")
     await send("exit\n")
     async with asyncio.timeout(10):
         async for _ in ws:

@@ -35,6 +35,9 @@ log = logging.getLogger("remote_kernel.server")
 KEEP_FINISHED_RUNS = 4
 #: How often a run checks that its kernel is still alive.
 ALIVE_CHECK_INTERVAL = 1.0
+#: The kernel process's log is cut back to its last LOG_KEEP bytes once it passes LOG_MAX.
+LOG_MAX = 4 * 1024 * 1024
+LOG_KEEP = 1024 * 1024
 
 
 class SessionRunner:
@@ -141,10 +144,28 @@ class SessionRunner:
         """A cell is running (or waiting for input): the session is not idle."""
         return self.current is not None and self.current.status != p.FINISHED
 
+    def trim_log(self) -> None:
+        """Keep the kernel's log file bounded: past LOG_MAX, keep only its last LOG_KEEP bytes.
+
+        The kernel appends (O_APPEND), so rewriting the file in place is safe for its writes.
+        """
+        try:
+            if self.log_path.stat().st_size <= LOG_MAX:
+                return
+            with open(self.log_path, "r+b") as fh:
+                fh.seek(-LOG_KEEP, os.SEEK_END)
+                tail = fh.read()
+                fh.seek(0)
+                fh.write(b"[remote_kernel: earlier kernel output was dropped]\n" + tail)
+                fh.truncate()
+        except OSError as exc:
+            log.debug("could not trim %s: %s", self.log_path, exc)
+
     def logs(self, limit: int = 256 * 1024) -> str:
         """The tail of the kernel process's own output (at most ``limit`` bytes)."""
         if self._log_file is not None:
             self._log_file.flush()
+        self.trim_log()
         try:
             with open(self.log_path, "rb") as fh:
                 fh.seek(0, os.SEEK_END)
@@ -231,6 +252,7 @@ class SessionRunner:
                 return
             content = dict(reply.get("content", {}))
             run.finish(_exit_code(content), content)
+            self.trim_log()
         except asyncio.CancelledError:
             run.finish(1, self._error_reply(run, "SessionEnded", "The run was stopped."))
             raise
