@@ -13,11 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from .rawapi import RawAPI
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,3 +138,18 @@ def base_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     srv = start_server(tmp_path_factory.mktemp("base-server"), "--ServerApp.extensions=False")
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+async def api(server: ServerProcess) -> AsyncIterator[RawAPI]:
+    """A signed raw-HTTP client of the ``server`` fixture, with its first keypair."""
+    async with RawAPI(server.endpoint, server.access_key, server.secret_key) as client:
+        yield client
+
+
+@pytest.fixture
+async def sid(api: RawAPI) -> AsyncIterator[str]:
+    """A fresh session on the ``server`` fixture, destroyed after the test."""
+    session_id = await api.create(f"t-{uuid.uuid4().hex[:12]}")
+    yield session_id
+    await api.destroy(session_id)

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import os
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -17,19 +16,6 @@ from .conftest import ServerProcess
 from .rawapi import RawAPI
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def api(server: ServerProcess) -> AsyncIterator[RawAPI]:
-    async with RawAPI(server.endpoint, server.access_key, server.secret_key) as client:
-        yield client
-
-
-@pytest.fixture
-async def sid(api: RawAPI) -> AsyncIterator[str]:
-    session_id = await api.create(f"t-{uuid.uuid4().hex[:10]}")
-    yield session_id
-    await api.destroy(session_id)
 
 
 def rid() -> str:

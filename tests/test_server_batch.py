@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from .conftest import ServerProcess
 from .rawapi import RawAPI
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def api(server: ServerProcess) -> AsyncIterator[RawAPI]:
-    async with RawAPI(server.endpoint, server.access_key, server.secret_key) as client:
-        yield client
-
-
-@pytest.fixture
-async def sid(api: RawAPI) -> AsyncIterator[str]:
-    session_id = await api.create(f"t-batch-{uuid.uuid4().hex[:8]}")
-    yield session_id
-    await api.destroy(session_id)
 
 
 async def batch(api: RawAPI, sid: str, **options: Any) -> list[tuple[str, Any, str]]:

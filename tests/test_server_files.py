@@ -6,7 +6,6 @@ import io
 import json
 import tarfile
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,19 +14,6 @@ from .conftest import ServerProcess, start_server
 from .rawapi import RawAPI
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def api(server: ServerProcess) -> AsyncIterator[RawAPI]:
-    async with RawAPI(server.endpoint, server.access_key, server.secret_key) as client:
-        yield client
-
-
-@pytest.fixture
-async def sid(api: RawAPI) -> AsyncIterator[str]:
-    session_id = await api.create(f"t-files-{uuid.uuid4().hex[:8]}")
-    yield session_id
-    await api.destroy(session_id)
 
 
 def _members(tar_bytes: bytes) -> dict[str, tarfile.TarInfo]:

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -18,19 +17,6 @@ from .conftest import ServerProcess
 from .rawapi import RawAPI
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def api(server: ServerProcess) -> AsyncIterator[RawAPI]:
-    async with RawAPI(server.endpoint, server.access_key, server.secret_key) as client:
-        yield client
-
-
-@pytest.fixture
-async def sid(api: RawAPI) -> AsyncIterator[str]:
-    session_id = await api.create(f"t-stream-{uuid.uuid4().hex[:8]}")
-    yield session_id
-    await api.destroy(session_id)
 
 
 async def frames(ws: aiohttp.ClientWebSocketResponse, timeout: float = 30) -> list[dict[str, Any]]:
