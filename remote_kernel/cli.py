@@ -43,7 +43,8 @@ class RemoteKernelCLI(Application):
         if self.subapp is None:
             self.print_help()
             self.exit(2)
-        self.subapp.start()
+        else:
+            self.subapp.start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _clear_singletons(app: Application) -> None:
     """Forget the app and its subcommand apps, so a second ``main()`` starts afresh."""
-    chain = []
-    while app is not None:
-        chain.append(app)
-        app = app.subapp
+    chain: list[Application] = []
+    current: Application | None = app
+    while current is not None:
+        chain.append(current)
+        current = current.subapp
     for each in reversed(chain):
         type(each).clear_instance()

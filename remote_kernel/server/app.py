@@ -8,7 +8,6 @@ import ipaddress
 import logging
 import os
 import signal
-import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ def make_app(
     }
     app[keystore_key] = keystore
     app[manager_key] = manager
-    app[websockets_key] = weakref.WeakSet()
+    app[websockets_key] = set()
     app.on_shutdown.append(close_streams)
     setup_routes(app, extensions=extensions)
 
@@ -252,7 +251,7 @@ class ServerApp(Application):
         )
 
     def start(self) -> None:
-        logging.getLogger("remote_kernel").setLevel(self.log_level)
+        logging.getLogger("remote_kernel").setLevel(int(self.log.getEffectiveLevel()))
         if not logging.getLogger().handlers:
             logging.basicConfig(format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
         asyncio.run(self._serve())

@@ -58,7 +58,7 @@ async def hello(request: web.Request) -> web.Response:
 async def create_session(request: web.Request) -> web.Response:
     body = await read_json(request)
     name = body.get("name") or body.get("session_name") or body.get("clientSessionToken")
-    image = body.get("image") or body.get("lang")
+    image = body.get("image") or body.get("lang") or ""
     config = body.get("config") or {}
     if not isinstance(config, dict):
         raise InvalidAPIParamsError("'config' must be a JSON object.")

@@ -118,4 +118,5 @@ class KeysApp(Application):
         if self.subapp is None:
             self.print_help()
             self.exit(2)
-        self.subapp.start()
+        else:
+            self.subapp.start()

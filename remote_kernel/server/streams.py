@@ -7,7 +7,7 @@ import base64
 import contextlib
 import json
 import secrets
-import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -20,21 +20,29 @@ from .handlers import _session
 from .terminal import Terminal
 
 SSE_PING_INTERVAL = 15.0
-websockets_key = web.AppKey("websockets_key", weakref.WeakSet[web.WebSocketResponse])
+#: The open WebSockets, closed at shutdown (each handler removes its own when it ends).
+websockets_key = web.AppKey("websockets_key", set[web.WebSocketResponse])
 
 
 async def close_streams(app: web.Application) -> None:
     """On shutdown: end every event stream and close every WebSocket."""
     app[manager_key].events.close_all()
-    for ws in list(app[websockets_key]):
+    sockets = app[websockets_key]
+    for ws in list(sockets):
         await ws.close(code=1001, message=b"server shutdown")
 
 
-async def _open_ws(request: web.Request) -> web.WebSocketResponse:
+@contextlib.asynccontextmanager
+async def _open_ws(request: web.Request) -> AsyncIterator[web.WebSocketResponse]:
+    """A prepared WebSocket, registered for shutdown while the handler runs."""
     ws = web.WebSocketResponse(heartbeat=30)
     await ws.prepare(request)
-    request.app[websockets_key].add(ws)
-    return ws
+    sockets = request.app[websockets_key]
+    sockets.add(ws)
+    try:
+        yield ws
+    finally:
+        sockets.discard(ws)
 
 
 # -- execute -------------------------------------------------------------------------------------
@@ -46,7 +54,13 @@ async def stream_execute(request: web.Request) -> web.WebSocketResponse:
     """
     session = _session(request)
     config = request.app[config_key]
-    ws = await _open_ws(request)
+    async with _open_ws(request) as ws:
+        return await _run_over_socket(ws, session, config)
+
+
+async def _run_over_socket(
+    ws: web.WebSocketResponse, session: Any, config: dict[str, Any]
+) -> web.WebSocketResponse:
     try:
         req = _first_request(await ws.receive(), extensions=config["extensions"])
     except InvalidAPIParamsError as exc:
@@ -137,7 +151,11 @@ async def _race(work: Any, reader: asyncio.Future[None]) -> Any:
 async def stream_pty(request: web.Request) -> web.WebSocketResponse:
     """A shell in the session's work dir; frames: stdin, resize, ping, restart → out."""
     session = _session(request)
-    ws = await _open_ws(request)
+    async with _open_ws(request) as ws:
+        return await _shell_over_socket(ws, session)
+
+
+async def _shell_over_socket(ws: web.WebSocketResponse, session: Any) -> web.WebSocketResponse:
     outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     def make_terminal() -> Terminal:
