@@ -81,7 +81,7 @@ class Credentials:
     source: str = ""
 
 
-def load_credentials(
+def resolve_credentials(
     endpoint: str | None = None, environ: Mapping[str, str] | None = None
 ) -> Credentials:
     """The endpoint and keypair: the SDK's environment variables, else the user's saved file.
@@ -164,7 +164,7 @@ class RunLoopClient:
     """Async client of one run-loop server. Create it inside a running event loop's task.
 
     ``async with RunLoopClient(...) as client`` closes it; :meth:`aclose` is idempotent.
-    Arguments left as ``None`` come from :func:`load_credentials` (environment, then file).
+    Arguments left as ``None`` come from :func:`resolve_credentials` (environment, then file).
     """
 
     def __init__(
@@ -183,7 +183,7 @@ class RunLoopClient:
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         if endpoint is None or access_key is None or secret_key is None:
-            creds = load_credentials(endpoint)
+            creds = resolve_credentials(endpoint)
             endpoint = endpoint if endpoint is not None else creds.endpoint
             access_key = access_key if access_key is not None else creds.access_key
             secret_key = secret_key if secret_key is not None else creds.secret_key
@@ -670,6 +670,6 @@ __all__ = [
     "ServerInfo",
     "SessionRef",
     "completion_options",
-    "load_credentials",
     "negotiate_version",
+    "resolve_credentials",
 ]

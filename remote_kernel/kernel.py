@@ -40,7 +40,7 @@ from .client import (
     Credentials,
     Run,
     RunLoopClient,
-    load_credentials,
+    resolve_credentials,
 )
 from .errors import (
     ConfigurationError,
@@ -50,7 +50,7 @@ from .errors import (
 )
 from .iopub import iopub_from_record
 
-__all__ = ["RemoteKernel", "load_credentials"]
+__all__ = ["RemoteKernel"]
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class RemoteKernel(Kernel):
     def _credentials(self) -> Credentials:
         if self._creds is None:
             try:
-                self._creds = load_credentials(self._trait_values.get("endpoint") or None)
+                self._creds = resolve_credentials(self._trait_values.get("endpoint") or None)
             except ConfigurationError as exc:
                 self._config_error = exc
                 self._creds = Credentials()

@@ -14,8 +14,8 @@ from remote_kernel import protocol as p
 from remote_kernel.client import (
     RunLoopClient,
     completion_options,
-    load_credentials,
     negotiate_version,
+    resolve_credentials,
 )
 from remote_kernel.config import save_credentials
 from remote_kernel.errors import (
@@ -55,11 +55,11 @@ def test_negotiate_version_takes_the_older() -> None:
     assert negotiate_version("garbage") == p.API_VERSION
 
 
-def test_load_credentials_env_wins_over_saved_file(tmp_path: Path, monkeypatch) -> None:
+def test_resolve_credentials_env_wins_over_saved_file(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("REMOTE_KERNEL_CREDENTIALS", str(tmp_path / "credentials.json"))
-    assert load_credentials(environ={}).access_key == ""
+    assert resolve_credentials(environ={}).access_key == ""
     save_credentials("http://file:1", "AKFILE", "sfile")
-    creds = load_credentials(environ={})
+    creds = resolve_credentials(environ={})
     assert (creds.endpoint, creds.access_key, creds.secret_key) == (
         "http://file:1",
         "AKFILE",
@@ -67,7 +67,7 @@ def test_load_credentials_env_wins_over_saved_file(tmp_path: Path, monkeypatch) 
     )
     assert "sfile" not in repr(creds)
     env = {"BACKEND_ACCESS_KEY": "AKENV", "BACKEND_SECRET_KEY": "senv"}
-    assert load_credentials(environ=env).access_key == "AKENV"
+    assert resolve_credentials(environ=env).access_key == "AKENV"
 
 
 def test_bad_endpoint_is_a_configuration_error() -> None:
