@@ -17,7 +17,6 @@ an ``execute_reply`` with status ``error`` (house style §3.4 item 6).
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import re
 import signal
@@ -48,6 +47,7 @@ from .errors import (
     RemoteKernelError,
     SessionNotFoundError,
 )
+from .history import CellHistory
 from .iopub import iopub_from_record
 
 __all__ = ["RemoteKernel"]
@@ -222,7 +222,7 @@ class RemoteKernel(Kernel):
         self._drain_task: asyncio.Task[Any] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._shutting_down = False
-        self._history: list[tuple[int, int, str, str | None]] = []
+        self._history = CellHistory()
 
     # ipykernel increments execution_count before do_execute; the remote decides it instead.
     @property  # type: ignore[override]
@@ -634,7 +634,7 @@ class RemoteKernel(Kernel):
 
     def _remember(self, cell: _Cell, count: Any) -> None:
         if cell.store_history and isinstance(count, int):
-            self._history.append((self._session_generation or 1, count, cell.code, None))
+            self._history.add(self._session_generation or 1, count, cell.code)
 
     def _error_reply(
         self, cell: _Cell, ename: str, evalue: str, count: int | None = None
@@ -801,33 +801,8 @@ class RemoteKernel(Kernel):
         unique: bool = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        entries = list(self._history)
-        current = self._session_generation or 1
-        if hist_access_type == "tail":
-            entries = entries[-n:] if n else entries
-        elif hist_access_type == "range":
-            wanted = current if not session else (session if session > 0 else current + session)
-            entries = [
-                e
-                for e in entries
-                if e[0] == wanted
-                and (start is None or e[1] >= start)
-                and (stop is None or e[1] < stop)
-            ]
-        elif hist_access_type == "search":
-            glob = pattern or "*"
-            entries = [e for e in entries if fnmatch.fnmatchcase(e[2], glob)]
-            if unique:
-                seen: set[str] = set()
-                kept = []
-                for e in reversed(entries):
-                    if e[2] not in seen:
-                        seen.add(e[2])
-                        kept.append(e)
-                entries = list(reversed(kept))
-            if n:
-                entries = entries[-n:]
-        else:
-            entries = []
-        history = [[s, line, [code, out] if output else code] for s, line, code, out in entries]
+        history = self._history.query(
+            hist_access_type, current=self._session_generation or 1, output=output,
+            session=session, start=start, stop=stop, n=n, pattern=pattern, unique=unique,
+        )  # fmt: skip
         return {"status": "ok", "history": history}
