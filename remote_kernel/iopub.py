@@ -126,3 +126,21 @@ def iopub_from_record(rec: Record) -> tuple[str, dict[str, Any]] | None:
             "traceback": [str(line) for line in data.get("traceback", [])],
         }
     return None
+
+
+#: A widget view needs comms with the kernel, which the run-loop API does not carry.
+WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
+WIDGET_TEXT = "[an interactive widget: it needs a direct kernel connection]"
+
+
+def without_widget_views(content: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """A display bundle without its widget view (a frontend could only show "model not found").
+
+    The bundle's other types (ipywidgets always adds text/plain) remain; a bundle with nothing
+    else gets a short text. Returns the content and whether a view was removed.
+    """
+    data = content.get("data")
+    if not isinstance(data, dict) or WIDGET_VIEW_MIME not in data:
+        return content, False
+    kept = {mime: value for mime, value in data.items() if mime != WIDGET_VIEW_MIME}
+    return {**content, "data": kept or {"text/plain": WIDGET_TEXT}}, True

@@ -48,7 +48,7 @@ from .errors import (
     SessionNotFoundError,
 )
 from .history import CellHistory
-from .iopub import iopub_from_record
+from .iopub import iopub_from_record, without_widget_views
 
 __all__ = ["RemoteKernel"]
 
@@ -73,6 +73,11 @@ _NEW_SESSION_NOTE = (
 _UNSHOWN_NOTE = (
     "[remote_kernel] The remote sent {count} output(s) that Jupyter cannot show "
     "(record type(s): {types}); see the kernel log.\n"
+)
+_WIDGET_NOTE = (
+    "[remote_kernel] {count} interactive widget(s) shown as text: widgets (ipywidgets) talk to "
+    "the kernel over comms, which the run-loop API does not carry. Use their text or static "
+    "forms (e.g. tqdm.tqdm instead of tqdm.notebook) in remote sessions.\n"
 )
 _STDIN_REFUSED = "raw_input was called, but this frontend does not support input requests."
 
@@ -99,6 +104,7 @@ class _Cell:
     detached: bool = False  # the reply went out: later output is not published
     stderr: list[str] = field(default_factory=list)
     unshown: dict[str, int] = field(default_factory=dict)
+    widgets: int = 0
     stdin_refused: bool = False
     input_waiting: bool = False
     forwarded: asyncio.Event = field(default_factory=asyncio.Event)
@@ -508,10 +514,17 @@ class RemoteKernel(Kernel):
                 cell.unshown[kind] = cell.unshown.get(kind, 0) + 1
                 self.log.warning("cannot show a remote %r record: %.200r", kind, rec[1])
                 continue
-            self._publish(cell, *msg)
+            msg_type, content = msg
+            if msg_type in (p.DISPLAY_DATA, p.EXECUTE_RESULT, p.UPDATE_DISPLAY_DATA):
+                content, dropped = without_widget_views(content)
+                cell.widgets += dropped
+            self._publish(cell, msg_type, content)
         return prompt
 
     def _note_unshown(self, cell: _Cell) -> None:
+        if cell.widgets:
+            text = _WIDGET_NOTE.format(count=cell.widgets)
+            self._publish(cell, "stream", {"name": "stderr", "text": text})
         if cell.unshown:
             text = _UNSHOWN_NOTE.format(
                 count=sum(cell.unshown.values()), types=", ".join(sorted(cell.unshown))

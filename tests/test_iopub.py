@@ -440,3 +440,20 @@ def test_round_trip_through_jupyter_console(msg_type, content):
 def test_round_trip_through_the_base_layer_is_lossy_as_documented(msg_type, content, expected):
     [record] = records_from_iopub(msg_type, content, jupyter=False)
     assert iopub_from_record(record) == expected
+
+
+def test_widget_views_give_way_to_their_text() -> None:
+    from remote_kernel.iopub import WIDGET_TEXT, WIDGET_VIEW_MIME, without_widget_views
+
+    view = {"model_id": "abc", "version_major": 2, "version_minor": 0}
+    content = {"data": {WIDGET_VIEW_MIME: view, "text/plain": "IntSlider(value=3)"},
+               "metadata": {}, "transient": {}}  # fmt: skip
+    assert without_widget_views(content) == (
+        {"data": {"text/plain": "IntSlider(value=3)"}, "metadata": {}, "transient": {}},
+        True,
+    )
+    alone = {"data": {WIDGET_VIEW_MIME: view}, "metadata": {}}
+    assert without_widget_views(alone) == ({"data": {"text/plain": WIDGET_TEXT}, "metadata": {}},
+                                           True)  # fmt: skip
+    plain = {"data": {"text/plain": "1"}, "metadata": {}}
+    assert without_widget_views(plain) == (plain, False)

@@ -179,6 +179,23 @@ def test_silent_helper_code_never_hangs(kernel_name: str) -> None:
         assert time.monotonic() - started < 30
 
 
+def test_widget_views_are_shown_as_text_with_one_note(kernel_name: str) -> None:
+    code = (
+        "view = {'model_id': 'm1', 'version_major': 2, 'version_minor': 0}\n"
+        "for i in range(2):\n"
+        "    display({'application/vnd.jupyter.widget-view+json': view,\n"
+        "             'text/plain': f'IntSlider(value={i})'}, raw=True)\n"
+    )
+    with running_kernel(kernel_name) as (_km, kc):
+        reply, outputs = execute(kc, code)
+    assert reply["status"] == "ok"
+    shown = [m["content"]["data"] for m in outputs if m["msg_type"] == "display_data"]
+    assert shown == [{"text/plain": "IntSlider(value=0)"}, {"text/plain": "IntSlider(value=1)"}]
+    notes = _texts(outputs, "stderr")
+    assert notes.count("[remote_kernel]") == 1
+    assert "2 interactive widget(s) shown as text" in notes
+
+
 def test_signal_mode_interrupt(server: ServerProcess, tmp_path: Path) -> None:
     name = "remote-python-signal"
     install_kernelspec(name, server.env, prefix=tmp_path, interrupt_mode="signal")
