@@ -40,7 +40,8 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _session(request: web.Request) -> Session:
+def session_of(request: web.Request) -> Session:
+    """The caller's session named in the path (UUID or name); 404 otherwise."""
     return request.app[manager_key].get(request["owner"], request.match_info["session_id"])
 
 
@@ -88,27 +89,27 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 
 async def session_info(request: web.Request) -> web.Response:
-    return json_response(_session(request).info(kernel_info=_extensions(request)))
+    return json_response(session_of(request).info(kernel_info=_extensions(request)))
 
 
 async def destroy_session(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = session_of(request)
     await request.app[manager_key].destroy(session)
     return json_response({"stats": {"status": "terminated"}})
 
 
 async def restart_session(request: web.Request) -> web.Response:
-    await request.app[manager_key].restart(_session(request))
+    await request.app[manager_key].restart(session_of(request))
     return web.Response(status=204)
 
 
 async def interrupt_session(request: web.Request) -> web.Response:
-    await _session(request).runner.interrupt()
+    await session_of(request).runner.interrupt()
     return web.Response(status=204)
 
 
 async def execute(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = session_of(request)
     req = p.parse_execute_request(await read_json(request))
     config = request.app[config_key]
     if req.mode == "complete":
@@ -156,7 +157,7 @@ async def complete(request: web.Request) -> web.Response:
     options = body.get("options") or {}
     if not isinstance(code, str) or not isinstance(options, dict):
         raise InvalidAPIParamsError("'code' must be a string and 'options' an object.")
-    result = await _complete(_session(request), code, options)
+    result = await _complete(session_of(request), code, options)
     if not _extensions(request):
         result["result"] = {k: result["result"][k] for k in ("status", "error", "suggestions")}
     return json_response(result)
@@ -176,23 +177,23 @@ async def inspect(request: web.Request) -> web.Response:
     body = await read_json(request)
     code, cursor_pos = _code_and_cursor(body)
     detail = body.get("detail_level", 0)
-    content = await _session(request).runner.inspect(code, cursor_pos, 1 if detail == 1 else 0)
+    content = await session_of(request).runner.inspect(code, cursor_pos, 1 if detail == 1 else 0)
     return json_response({"result": content})
 
 
 async def is_complete(request: web.Request) -> web.Response:
     body = await read_json(request)
     code, _ = _code_and_cursor(body)
-    return json_response({"result": await _session(request).runner.is_complete(code)})
+    return json_response({"result": await session_of(request).runner.is_complete(code)})
 
 
 async def logs(request: web.Request) -> web.Response:
-    return json_response({"result": {"logs": _session(request).runner.logs()}})
+    return json_response({"result": {"logs": session_of(request).runner.logs()}})
 
 
 # -- files (protocol §1.7) ---------------------------------------------------------------------
 async def upload(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = session_of(request)
     config = request.app[config_key]
     if not request.content_type.startswith("multipart/"):
         raise InvalidAPIParamsError("Upload as multipart/form-data, one part per file.")
@@ -236,7 +237,7 @@ async def _chunks(part: aiohttp.BodyPartReader) -> AsyncIterator[bytes]:
 
 
 async def download(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = session_of(request)
     names = request.query.getall("files", [])
     if not names:
         names = (await read_json(request)).get("files") or []
@@ -257,7 +258,7 @@ async def download(request: web.Request) -> web.Response:
 
 
 async def list_files(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = session_of(request)
     path = request.query.get("path")
     if path is None:
         path = (await read_json(request)).get("path") or "."

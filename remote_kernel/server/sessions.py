@@ -235,6 +235,12 @@ class SessionManager:
     def _publish(self, name: str, session: Session, reason: str) -> None:
         self.events.publish(Event(name, session.owner, session.id, session.name, reason))
 
+    def folders(self) -> list[str]:
+        """The folders sessions may mount (subfolders of ``vfolder_root``)."""
+        if not self.vfolder_root.is_dir():
+            return []
+        return sorted(p.name for p in self.vfolder_root.iterdir() if p.is_dir())
+
     def _mount_plan(self, config: dict[str, Any]) -> dict[str, Path]:
         """``config.mounts`` / ``mount_map`` → {path inside the work dir: folder on the server}.
 
@@ -251,8 +257,7 @@ class SessionManager:
                 raise InvalidAPIParamsError(f"Invalid folder name {name!r}.")
             folder = self.vfolder_root / name
             if not folder.is_dir():
-                available = sorted(p.name for p in self.vfolder_root.iterdir() if p.is_dir()) \
-                    if self.vfolder_root.is_dir() else []  # fmt: skip
+                available = self.folders()
                 raise NotFoundError(
                     f"No such folder to mount: {name!r}. Folders on this server: "
                     f"{', '.join(available) or 'none'} (under {self.vfolder_root}).",

@@ -16,7 +16,7 @@ from .. import protocol as p
 from ..errors import InvalidAPIParamsError, RemoteKernelError
 from .appkeys import config_key, manager_key
 from .events import SERVER_CLOSE, Subscription
-from .handlers import _session
+from .handlers import session_of
 from .terminal import Terminal
 
 SSE_PING_INTERVAL = 15.0
@@ -52,7 +52,7 @@ async def stream_execute(request: web.Request) -> web.WebSocketResponse:
     A plain text frame answers ``waiting-input``; the server closes after ``finished``; a client
     that goes away mid-run interrupts it.
     """
-    session = _session(request)
+    session = session_of(request)
     config = request.app[config_key]
     async with _open_ws(request) as ws:
         return await _run_over_socket(ws, session, config)
@@ -150,7 +150,7 @@ async def _race(work: Any, reader: asyncio.Future[None]) -> Any:
 # -- pty -----------------------------------------------------------------------------------------
 async def stream_pty(request: web.Request) -> web.WebSocketResponse:
     """A shell in the session's work dir; frames: stdin, resize, ping, restart → out."""
-    session = _session(request)
+    session = session_of(request)
     async with _open_ws(request) as ws:
         return await _shell_over_socket(ws, session)
 
