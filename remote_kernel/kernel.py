@@ -507,6 +507,8 @@ class RemoteKernel(Kernel):
                 records.append([p.STDOUT, head + sep])
         for rec in records:
             if rec[0] == p.STDERR and isinstance(rec[1], str):
+                if cell.stdin_refused:
+                    continue  # the traceback of our own interrupt: the cell's error is ours
                 cell.stderr.append(rec[1])
             msg = iopub_from_record(rec)
             if msg is None:
@@ -537,9 +539,12 @@ class RemoteKernel(Kernel):
         if cell.interrupted.is_set():
             return await self._after_interrupt(cell)
         if not cell.allow_stdin:
-            # Only a base-layer server gets here (the jupyter console passes allow_stdin):
-            # the remote cannot be told, so it gets an empty line and the user the usual error.
+            # Only a base-layer server gets here (the jupyter console passes allow_stdin): the
+            # remote cannot be told, so it is interrupted (its input() raises, the code stops,
+            # as ipykernel's would), then given an empty line, which a Backend.AI runner still
+            # waits for; the user gets the usual StdinNotImplementedError.
             cell.stdin_refused = True
+            await self._forward_interrupt(self._main_client())
             return ""
         options = result.options or {}
         prompt = str(options.get("prompt", prompt))

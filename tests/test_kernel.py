@@ -331,11 +331,13 @@ def test_base_layer_stdin_not_allowed(
     base_kernel: tuple[KernelManager, BlockingKernelClient],
 ) -> None:
     _km, kc = base_kernel
-    reply, outputs = execute(kc, "x = input('q? ')", allow_stdin=False)
+    code = "x = input('q? ')\nprint('carried on with', repr(x))"
+    reply, outputs = execute(kc, code, allow_stdin=False)
     assert reply["status"] == "error" and reply["ename"] == "StdinNotImplementedError"
     assert len([m for m in outputs if m["msg_type"] == "error"]) == 1
-    reply, _ = execute(kc, "print('next')")
-    assert reply["status"] == "ok"
+    assert _texts(outputs) == ""  # the remote code stopped at input(), as a local kernel's does
+    reply, outputs = execute(kc, "print('next', 'x' in dir())")
+    assert reply["status"] == "ok" and _texts(outputs, "stdout") == "next False\n"
 
 
 # -- against the fake: unshowable records and the heartbeat ---------------------------------
