@@ -21,27 +21,14 @@ from typing import Any
 
 import pytest
 
-from .test_sdk import Sdk, non_continued, plain, run_scenario, venvs
+from .test_sdk import Sdk, non_continued, plain, run_scenario
+from .test_sdk import sdk as sdk  # the same parametrized fixture (one venv per SDK version)
 
 pytestmark = [pytest.mark.sdk, pytest.mark.slow, pytest.mark.timeout(300)]
 
 # What tests/sdk/scenarios.py uploads (MYCODE, INPUT_TXT) and what mycode.py prints and writes.
 INPUT_SIZE = len(b"forty two\n")
 BATCH_STDOUT = "args: arg1 arg2\ndata: forty two\n"
-
-
-@pytest.fixture(scope="module", params=list(venvs.SDK_SPECS), ids=lambda v: f"sdk-{v}")
-def sdk(request: pytest.FixtureRequest) -> Sdk:
-    """The SDK's venv, built once and cached; 26.x is skipped only where Python 3.13 is absent."""
-    spec = venvs.SDK_SPECS[request.param]
-    python = venvs.find_python(spec.python)
-    if python is None:
-        if spec.python == (3, 13):
-            pytest.skip(
-                f"no working python3.13 found (SDK {request.param} needs Python >=3.13,<3.14)"
-            )
-        pytest.fail(f"no working {spec.python_name} found to build SDK {request.param}")
-    return Sdk(request.param, venvs.venv_python(venvs.ensure_venv(spec, python)))
 
 
 @pytest.fixture
