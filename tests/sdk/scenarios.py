@@ -23,6 +23,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ai.backend.client.config import APIConfig
@@ -91,6 +93,17 @@ def _create(api: Any, name: str, image: str = IMAGE) -> Any:
     return api.ComputeSession.get_or_create(image, name=name)
 
 
+@contextmanager
+def _session(name: str, image: str = IMAGE) -> Iterator[tuple[Any, Any]]:
+    """A sync API session and a compute session in it, destroyed at the end."""
+    with Session() as api:
+        compute = _create(api, name, image)
+        try:
+            yield api, compute
+        finally:
+            compute.destroy()
+
+
 def _destroy_quietly(compute: Any) -> None:
     try:
         compute.destroy()
@@ -149,24 +162,16 @@ def user_input(name: str) -> dict[str, Any]:
         "secret = getpass.getpass('Password: ')\n"
         "print(f'hi {name}, {len(secret)} chars')\n"
     )
-    with Session() as api:
-        compute = _create(api, name)
-        try:
-            return {"run": run_loop(compute, code, inputs=["Ada", "s3cret!"])}
-        finally:
-            compute.destroy()
+    with _session(name) as (_, compute):
+        return {"run": run_loop(compute, code, inputs=["Ada", "s3cret!"])}
 
 
 def error(name: str) -> dict[str, Any]:
     """An exception in user code: finished, exitCode != 0, the traceback on stderr."""
-    with Session() as api:
-        compute = _create(api, name)
-        try:
-            failing = run_loop(compute, "print('before')\nundefined_name_xyz\nprint('after')")
-            after = run_loop(compute, "print('still alive')")
-            return {"run": failing, "after": after}
-        finally:
-            compute.destroy()
+    with _session(name) as (_, compute):
+        failing = run_loop(compute, "print('before')\nundefined_name_xyz\nprint('after')")
+        after = run_loop(compute, "print('still alive')")
+        return {"run": failing, "after": after}
 
 
 def media(name: str) -> dict[str, Any]:
@@ -181,112 +186,92 @@ def media(name: str) -> dict[str, Any]:
         'display(SVG(\'<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>\'))\n'
     )
     plot = "import matplotlib\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()\n"
-    with Session() as api:
-        compute = _create(api, name)
-        try:
-            return {
-                "png": run_loop(compute, png),
-                "svg": run_loop(compute, svg),
-                "plot": run_loop(compute, plot),
-            }
-        finally:
-            compute.destroy()
+    with _session(name) as (_, compute):
+        return {
+            "png": run_loop(compute, png),
+            "svg": run_loop(compute, svg),
+            "plot": run_loop(compute, plot),
+        }
 
 
 def interrupt(name: str) -> dict[str, Any]:
     """Interrupt ``time.sleep(30)`` about a second in; the kernel keeps its state."""
-    with Session() as api:
-        compute = _create(api, name)
-        try:
-            started = time.monotonic()
-            result = compute.execute(None, "import time\nx = 42\ntime.sleep(30)", mode="query")
-            run_id = result["runId"]
-            statuses = [result["status"]]
-            console = list(result.get("console") or [])
-            first_poll = time.monotonic() - started
-            if result["status"] in TERMINAL:
-                return {"error": "the sleep finished before the interrupt", "result": result}
-            time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
-            interrupted_at = time.monotonic()
-            compute.interrupt()
-            while result["status"] not in TERMINAL:
-                if time.monotonic() - interrupted_at > 25:
-                    break
-                result = compute.execute(run_id, "", mode="continue")
-                statuses.append(result["status"])
-                console += result.get("console") or []
-            drained = time.monotonic() - interrupted_at
-            after = run_loop(compute, "print(x)")
-            return {
-                "first_poll": first_poll,
-                "drained_after_interrupt": drained,
-                "status": result["status"],
-                "exitCode": result.get("exitCode"),
-                "statuses": statuses,
-                "stdout": "".join(r[1] for r in console if r[0] == "stdout"),
-                "stderr": "".join(r[1] for r in console if r[0] == "stderr"),
-                "after": after,
-            }
-        finally:
-            compute.destroy()
+    with _session(name) as (_, compute):
+        started = time.monotonic()
+        result = compute.execute(None, "import time\nx = 42\ntime.sleep(30)", mode="query")
+        run_id = result["runId"]
+        statuses = [result["status"]]
+        console = list(result.get("console") or [])
+        first_poll = time.monotonic() - started
+        if result["status"] in TERMINAL:
+            return {"error": "the sleep finished before the interrupt", "result": result}
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+        interrupted_at = time.monotonic()
+        compute.interrupt()
+        while result["status"] not in TERMINAL:
+            if time.monotonic() - interrupted_at > 25:
+                break
+            result = compute.execute(run_id, "", mode="continue")
+            statuses.append(result["status"])
+            console += result.get("console") or []
+        drained = time.monotonic() - interrupted_at
+        after = run_loop(compute, "print(x)")
+        return {
+            "first_poll": first_poll,
+            "drained_after_interrupt": drained,
+            "status": result["status"],
+            "exitCode": result.get("exitCode"),
+            "statuses": statuses,
+            "stdout": "".join(r[1] for r in console if r[0] == "stdout"),
+            "stderr": "".join(r[1] for r in console if r[0] == "stderr"),
+            "after": after,
+        }
 
 
 def complete(name: str) -> dict[str, Any]:
     """``complete()`` with the row/col options the SDK sends."""
-    with Session() as api:
-        compute = _create(api, name)
-        try:
-            setup = run_loop(compute, "import os")
-            module = compute.complete(
-                "import o", opts={"row": 0, "col": 8, "line": "import o", "post": ""}
-            )
-            attribute = compute.complete(
-                "os.pa", opts={"row": 0, "col": 5, "line": "os.pa", "post": ""}
-            )
-            return {"setup": setup, "module": module, "attribute": attribute}
-        finally:
-            compute.destroy()
+    with _session(name) as (_, compute):
+        setup = run_loop(compute, "import os")
+        module = compute.complete(
+            "import o", opts={"row": 0, "col": 8, "line": "import o", "post": ""}
+        )
+        attribute = compute.complete(
+            "os.pa", opts={"row": 0, "col": 5, "line": "os.pa", "post": ""}
+        )
+        return {"setup": setup, "module": module, "attribute": attribute}
 
 
 def info_logs(name: str) -> dict[str, Any]:
     """``get_info()`` and ``get_logs()``."""
-    with Session() as api:
-        compute = _create(api, name)
-        try:
-            run = run_loop(compute, "print('logged')")
-            return {
-                "session_id": str(compute.id),
-                "run": run,
-                "info": compute.get_info(),
-                "logs": compute.get_logs(),
-            }
-        finally:
-            compute.destroy()
+    with _session(name) as (_, compute):
+        run = run_loop(compute, "print('logged')")
+        return {
+            "session_id": str(compute.id),
+            "run": run,
+            "info": compute.get_info(),
+            "logs": compute.get_logs(),
+        }
 
 
 def restart(name: str) -> dict[str, Any]:
     """``restart()`` clears the kernel state but keeps the files in the work directory."""
-    with Session() as api:
-        compute = _create(api, name)
-        try:
-            before = run_loop(
-                compute,
-                "x = 42\nwith open('kept.txt', 'w') as fh:\n    fh.write('kept across restart')\n"
-                "print(x)",
-            )
-            restarted = compute.restart()
-            state = run_loop(compute, "print(x)")
-            files = run_loop(compute, "print(open('kept.txt').read())")
-            info = compute.get_info()
-            return {
-                "before": before,
-                "restart_returned": restarted,
-                "state": state,
-                "files": files,
-                "info_status": info.get("status"),
-            }
-        finally:
-            compute.destroy()
+    with _session(name) as (_, compute):
+        before = run_loop(
+            compute,
+            "x = 42\nwith open('kept.txt', 'w') as fh:\n    fh.write('kept across restart')\n"
+            "print(x)",
+        )
+        restarted = compute.restart()
+        state = run_loop(compute, "print(x)")
+        files = run_loop(compute, "print(open('kept.txt').read())")
+        info = compute.get_info()
+        return {
+            "before": before,
+            "restart_returned": restarted,
+            "state": state,
+            "files": files,
+            "info_status": info.get("status"),
+        }
 
 
 def reuse(name: str) -> dict[str, Any]:
@@ -347,48 +332,40 @@ def files(name: str) -> dict[str, Any]:
         fh.write("top level\n")
     with open(os.path.join("sub", "nested.txt"), "w") as fh:
         fh.write("nested file\n")
-    with Session() as api:
-        compute = _create(api, name)
-        try:
-            compute.upload(["data.txt", os.path.join("sub", "nested.txt")])
-            read = run_loop(
-                compute, "print(open('data.txt').read() + open('sub/nested.txt').read(), end='')"
-            )
-            top = compute.list_files(".")
-            downloaded = compute.download(["data.txt", "sub/nested.txt"], dest="dl")
-            contents = {}
-            for root, _dirs, names in os.walk("dl"):
-                for fname in names:
-                    path = os.path.join(root, fname)
-                    with open(path) as fh:
-                        contents[os.path.relpath(path, "dl")] = fh.read()
-            return {
-                "read": read,
-                "list_top": top,
-                "downloaded": downloaded,
-                "contents": contents,
-            }
-        finally:
-            compute.destroy()
+    with _session(name) as (_, compute):
+        compute.upload(["data.txt", os.path.join("sub", "nested.txt")])
+        read = run_loop(
+            compute, "print(open('data.txt').read() + open('sub/nested.txt').read(), end='')"
+        )
+        top = compute.list_files(".")
+        downloaded = compute.download(["data.txt", "sub/nested.txt"], dest="dl")
+        contents = {}
+        for root, _dirs, names in os.walk("dl"):
+            for fname in names:
+                path = os.path.join(root, fname)
+                with open(path) as fh:
+                    contents[os.path.relpath(path, "dl")] = fh.read()
+        return {
+            "read": read,
+            "list_top": top,
+            "downloaded": downloaded,
+            "contents": contents,
+        }
 
 
 def abandon(name: str) -> dict[str, Any]:
     """A run left undrained (one poll, then a new query) must not wedge the session."""
-    with Session() as api:
-        compute = _create(api, name)
-        try:
-            first = compute.execute(
-                None, "import time\ntime.sleep(2)\nprint('first done')", mode="query"
-            )
-            started = time.monotonic()
-            second = run_loop(compute, "print('second')")
-            return {
-                "first_status": first["status"],
-                "second": second,
-                "second_elapsed": time.monotonic() - started,
-            }
-        finally:
-            compute.destroy()
+    with _session(name) as (_, compute):
+        first = compute.execute(
+            None, "import time\ntime.sleep(2)\nprint('first done')", mode="query"
+        )
+        started = time.monotonic()
+        second = run_loop(compute, "print('second')")
+        return {
+            "first_status": first["status"],
+            "second": second,
+            "second_elapsed": time.monotonic() - started,
+        }
 
 
 def upload_missing(name: str) -> dict[str, Any]:
@@ -434,17 +411,13 @@ def other_key(name: str) -> dict[str, Any]:
         access_key=os.environ["RK_OTHER_ACCESS_KEY"],
         secret_key=os.environ["RK_OTHER_SECRET_KEY"],
     )
-    with Session() as api:
-        compute = _create(api, name)
-        try:
-            with Session(config=other) as api2:
-                try:
-                    seen: Any = api2.ComputeSession(name).get_info()
-                except BackendAPIError as exc:
-                    seen = api_error(exc)
-            return {"other_get_info": seen}
-        finally:
-            compute.destroy()
+    with _session(name):
+        with Session(config=other) as api2:
+            try:
+                seen: Any = api2.ComputeSession(name).get_info()
+            except BackendAPIError as exc:
+                seen = api_error(exc)
+        return {"other_get_info": seen}
 
 
 SCENARIOS = {
@@ -524,39 +497,35 @@ def batch_files(name: str) -> dict[str, Any]:
         fh.write(MYCODE)
     with open(os.path.join("project", "data", "input.txt"), "w") as fh:
         fh.write(INPUT_TXT)
-    with Session() as api:
-        compute = _create(api, name)
-        try:
-            compute.upload(
-                [os.path.join("project", "mycode.py"),
-                 os.path.join("project", "data", "input.txt")],
-                basedir="project",
-            )  # fmt: skip
-            ok = batch_loop(compute, BATCH_OPTS)
-            failed = batch_loop(compute, {**BATCH_OPTS, "build": "exit 3"})
-            top = compute.list_files(".")
-            data_dir = compute.list_files("data")
-            downloaded = compute.download(["result.txt"], dest="downloads")
-            contents = {}
-            for root, _dirs, names in os.walk("downloads"):
-                for fname in names:
-                    path = os.path.join(root, fname)
-                    with open(path) as fh:
-                        contents[os.path.relpath(path, "downloads")] = fh.read()
-            return {
-                "batch": ok,
-                "failed_build": failed,
-                "list_top": top,
-                "list_data": data_dir,
-                "downloaded": downloaded,
-                "contents": contents,
-                "local_sizes": {
-                    "mycode.py": len(MYCODE.encode()),
-                    "input.txt": len(INPUT_TXT.encode()),
-                },
-            }
-        finally:
-            compute.destroy()
+    with _session(name) as (_, compute):
+        compute.upload(
+            [os.path.join("project", "mycode.py"),
+             os.path.join("project", "data", "input.txt")],
+            basedir="project",
+        )  # fmt: skip
+        ok = batch_loop(compute, BATCH_OPTS)
+        failed = batch_loop(compute, {**BATCH_OPTS, "build": "exit 3"})
+        top = compute.list_files(".")
+        data_dir = compute.list_files("data")
+        downloaded = compute.download(["result.txt"], dest="downloads")
+        contents = {}
+        for root, _dirs, names in os.walk("downloads"):
+            for fname in names:
+                path = os.path.join(root, fname)
+                with open(path) as fh:
+                    contents[os.path.relpath(path, "downloads")] = fh.read()
+        return {
+            "batch": ok,
+            "failed_build": failed,
+            "list_top": top,
+            "list_data": data_dir,
+            "downloaded": downloaded,
+            "contents": contents,
+            "local_sizes": {
+                "mycode.py": len(MYCODE.encode()),
+                "input.txt": len(INPUT_TXT.encode()),
+            },
+        }
 
 
 def stream_execute_input(name: str) -> dict[str, Any]:
