@@ -24,10 +24,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -40,6 +37,7 @@ import aiohttp
 from jupyter_client.manager import AsyncKernelManager
 
 from remote_kernel.auth import Keypair, sign_headers
+from remote_kernel.demo import DemoServer
 
 IMAGE = "python:3.9-ubuntu20.04"
 VERSION = "v9.20250722"
@@ -51,58 +49,6 @@ STAMP_CELL = (
     "    time.sleep(0.1)\n"
 )
 _STAMP = re.compile(r"T(\d+\.\d+)")
-
-
-# -- the server --------------------------------------------------------------------------------
-class Server:
-    """A ``remote-kernel serve`` subprocess on a free loopback port, and its keypair."""
-
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        self.workdir = workdir
-        self.env = env
-        self.state_dir = workdir / "state"
-        self.state_dir.mkdir(parents=True)
-        self.log_path = workdir / "server.log"
-        self.proc: subprocess.Popen[str] | None = None
-        self.endpoint = ""
-        self.keypair = Keypair("", "")
-
-    def start(self, timeout: float = 60) -> None:
-        keys = subprocess.run(
-            [sys.executable, "-m", "remote_kernel", "keys", "create",
-             "--state-dir", str(self.state_dir)],
-            capture_output=True, text=True, check=True, timeout=60, env=self.env,
-        ).stdout  # fmt: skip
-        values = dict(line.split("=", 1) for line in keys.strip().splitlines())
-        self.keypair = Keypair(values["BACKEND_ACCESS_KEY"], values["BACKEND_SECRET_KEY"])
-        log = open(self.log_path, "w")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "remote_kernel", "serve", "--ip", "127.0.0.1", "--port", "0",
-             "--state-dir", str(self.state_dir)],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=self.env,
-        )  # fmt: skip
-        log.close()
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-            if match:
-                self.endpoint = match.group(1)
-                return
-        self.stop()
-        raise RuntimeError(f"the server did not start:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 # -- a minimal signed client ---------------------------------------------------------------------
@@ -242,13 +188,15 @@ def isolated_jupyter_env() -> Iterator[tuple[Path, dict[str, str]]]:
 
 
 async def amain(cells: int) -> int:
-    with isolated_jupyter_env() as (base, env):
-        server = Server(base / "server", env)
-        server.start()
+    with isolated_jupyter_env() as (base, _env):
+        (base / "server").mkdir()
+        server = DemoServer(base / "server")  # inherits the isolated Jupyter environment
+        server.start(timeout=60)
+        keypair = Keypair(server.access_key, server.secret_key)
         print(f"server: {server.endpoint}")
         try:
             async with aiohttp.ClientSession() as http:
-                client = Client(http, server.endpoint, server.keypair)
+                client = Client(http, server.endpoint, keypair)
                 status, hello = await client.request("GET", "/")
                 features = (hello or {}).get("remote_kernel", {}).get("features", [])
                 print(f"server version {hello.get('version')}, extensions: {features}")
