@@ -6,15 +6,31 @@
 * Client side: :func:`iopub_from_record` turns one console record into the ``(msg_type,
   content)`` the proxy kernel publishes (protocol §3); ``None`` means "not showable", which the
   kernel reports once, visibly.
+
+Both directions are dispatch tables, in the style of jupyter_client's ``adapter.py``: a dict from
+message or record type to a small function of plain data.
+
+* ``_JUPYTER`` and ``_BASE`` map an IOPub output type to ``content -> records`` for the two
+  fidelities; they have the same keys (the base layer maps the types a runner drops to ``[]``).
+  A type in neither table, like the ``_SILENT_IOPUB`` ones, gives no records;
+  :func:`is_output_message` knows exactly the tables' types and the silent ones.
+* ``_FROM_RECORD`` maps a record type to ``data -> (msg_type, content) | None``; a type not in
+  it is not showable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import protocol as p
 from .protocol import Record
+
+_Content = Mapping[str, Any]
+_Message = tuple[str, dict[str, Any]]
+_ToRecords = Callable[[_Content], list[Record]]
+_FromRecord = Callable[[Any], _Message | None]
 
 #: IOPub message types that carry no output of a run (handled elsewhere or irrelevant).
 _SILENT_IOPUB = frozenset(
@@ -23,57 +39,171 @@ _SILENT_IOPUB = frozenset(
 )  # fmt: skip
 
 
+# -- IOPub → records (the server side) ------------------------------------------------------------
+def _stream(content: _Content) -> list[Record]:
+    name = p.STDERR if content.get("name") == "stderr" else p.STDOUT
+    return [p.record(name, str(content.get("text", "")))]
+
+
+def _error(content: _Content) -> list[Record]:
+    body = {
+        "ename": content.get("ename", ""),
+        "evalue": content.get("evalue", ""),
+        "traceback": list(content.get("traceback", [])),
+    }
+    return [p.record(p.ERROR, body)]
+
+
+def _error_as_stderr(content: _Content) -> list[Record]:
+    return [p.record(p.STDERR, "\n".join(content.get("traceback", [])) + "\n")]
+
+
+def _bundle(content: _Content) -> dict[str, Any]:
+    """A copy of a message's MIME bundle: the record must not share the message's dicts."""
+    return {"data": dict(content.get("data", {})), "metadata": dict(content.get("metadata", {}))}
+
+
+def _execute_result(content: _Content) -> list[Record]:
+    body = {**_bundle(content), "execution_count": content.get("execution_count")}
+    return [p.record(p.EXECUTE_RESULT, body)]
+
+
+def _display(msg_type: str) -> _ToRecords:
+    """display_data and update_display_data: the bundle and its transient (display_id)."""
+
+    def convert(content: _Content) -> list[Record]:
+        body = {**_bundle(content), "transient": dict(content.get("transient", {}))}
+        return [p.record(msg_type, body)]
+
+    return convert
+
+
+def _clear_output(content: _Content) -> list[Record]:
+    return [p.record(p.CLEAR_OUTPUT, {"wait": bool(content.get("wait", False))})]
+
+
+def _reduced(content: _Content) -> list[Record]:
+    """The one record a Backend.AI runner keeps of a bundle, if any."""
+    reduced = p.base_record_from_bundle(content.get("data", {}))
+    return [reduced] if reduced else []
+
+
+def _dropped(content: _Content) -> list[Record]:
+    return []
+
+
+#: The lossless ``jupyter`` console (protocol §2.2).
+_JUPYTER: dict[str, _ToRecords] = {
+    "stream": _stream,
+    p.ERROR: _error,
+    p.EXECUTE_RESULT: _execute_result,
+    p.DISPLAY_DATA: _display(p.DISPLAY_DATA),
+    p.UPDATE_DISPLAY_DATA: _display(p.UPDATE_DISPLAY_DATA),
+    p.CLEAR_OUTPUT: _clear_output,
+}
+
+#: The base layer, reduced as a Backend.AI runner does (protocol §1.5).
+_BASE: dict[str, _ToRecords] = {
+    "stream": _stream,
+    p.ERROR: _error_as_stderr,
+    p.EXECUTE_RESULT: _reduced,
+    p.DISPLAY_DATA: _reduced,
+    p.UPDATE_DISPLAY_DATA: _dropped,
+    p.CLEAR_OUTPUT: _dropped,
+}
+
+
 def records_from_iopub(msg_type: str, content: Mapping[str, Any], *, jupyter: bool) -> list[Record]:
     """The console records for one IOPub message of the remote kernel.
 
     Returns ``[]`` for messages that carry no output (status, execute_input, comms) and, in the
     base layer, for the types a Backend.AI runner drops (update_display_data, clear_output).
     """
-    if msg_type == "stream":
-        name = p.STDERR if content.get("name") == "stderr" else p.STDOUT
-        return [p.record(name, str(content.get("text", "")))]
-    if msg_type == "error":
-        if jupyter:
-            return [
-                p.record(
-                    p.ERROR,
-                    {
-                        "ename": content.get("ename", ""),
-                        "evalue": content.get("evalue", ""),
-                        "traceback": list(content.get("traceback", [])),
-                    },
-                )
-            ]
-        return [p.record(p.STDERR, "\n".join(content.get("traceback", [])) + "\n")]
-    if msg_type in (p.EXECUTE_RESULT, p.DISPLAY_DATA, p.UPDATE_DISPLAY_DATA):
-        if jupyter:
-            body: dict[str, Any] = {
-                "data": dict(content.get("data", {})),
-                "metadata": dict(content.get("metadata", {})),
-            }
-            if msg_type == p.EXECUTE_RESULT:
-                body["execution_count"] = content.get("execution_count")
-            else:
-                body["transient"] = dict(content.get("transient", {}))
-            return [p.record(msg_type, body)]
-        if msg_type == p.UPDATE_DISPLAY_DATA:
-            return []
-        reduced = p.base_record_from_bundle(content.get("data", {}))
-        return [reduced] if reduced else []
-    if msg_type == p.CLEAR_OUTPUT:
-        return (
-            [p.record(p.CLEAR_OUTPUT, {"wait": bool(content.get("wait", False))})]
-            if jupyter
-            else []
-        )
-    return []
+    convert = (_JUPYTER if jupyter else _BASE).get(msg_type)
+    return convert(content) if convert else []
+
+
+_KNOWN_IOPUB = _SILENT_IOPUB | _JUPYTER.keys() | _BASE.keys()
 
 
 def is_output_message(msg_type: str) -> bool:
     """True for IOPub types that :func:`records_from_iopub` knows (output or deliberately none)."""
-    return msg_type in _SILENT_IOPUB or msg_type in (
-        "stream", "error", p.EXECUTE_RESULT, p.DISPLAY_DATA, p.UPDATE_DISPLAY_DATA, p.CLEAR_OUTPUT
-    )  # fmt: skip
+    return msg_type in _KNOWN_IOPUB
+
+
+# -- records → IOPub (the proxy side, protocol §3) ------------------------------------------------
+def _to_stream(name: str) -> _FromRecord:
+    return lambda data: ("stream", {"name": name, "text": str(data)})
+
+
+def _shown(mime: str, payload: Any) -> _Message:
+    return "display_data", {"data": {mime: payload}, "metadata": {}, "transient": {}}
+
+
+def _from_media(data: Any) -> _Message | None:
+    """``[mime, payload]``: a data URI is unwrapped to bare base64, JSON text to its value."""
+    if not isinstance(data, (list, tuple)) or len(data) != 2:
+        return None
+    mime, payload = str(data[0]), data[1]
+    if isinstance(payload, str):
+        unwrapped = p.unwrap_data_uri(payload)
+        if unwrapped is not None:
+            payload = unwrapped[1]
+        elif p.is_json_mime(mime):
+            try:
+                payload = json.loads(payload)
+            except ValueError:
+                pass
+    return _shown(mime, payload)
+
+
+def _of_dict(convert: Callable[[dict[str, Any]], _Message]) -> _FromRecord:
+    """A Jupyter record's data is a dict; anything else is not showable."""
+    return lambda data: convert(data) if isinstance(data, dict) else None
+
+
+def _from_execute_result(data: dict[str, Any]) -> _Message:
+    return p.EXECUTE_RESULT, {
+        "data": data.get("data", {}),
+        "metadata": data.get("metadata", {}),
+        "execution_count": data.get("execution_count"),
+    }
+
+
+def _from_display(msg_type: str) -> Callable[[dict[str, Any]], _Message]:
+    def convert(data: dict[str, Any]) -> _Message:
+        return msg_type, {
+            "data": data.get("data", {}),
+            "metadata": data.get("metadata", {}),
+            "transient": data.get("transient", {}),
+        }
+
+    return convert
+
+
+def _from_clear_output(data: dict[str, Any]) -> _Message:
+    return p.CLEAR_OUTPUT, {"wait": bool(data.get("wait", False))}
+
+
+def _from_error(data: dict[str, Any]) -> _Message:
+    return p.ERROR, {
+        "ename": str(data.get("ename", "")),
+        "evalue": str(data.get("evalue", "")),
+        "traceback": [str(line) for line in data.get("traceback", [])],
+    }
+
+
+_FROM_RECORD: dict[str, _FromRecord] = {
+    p.STDOUT: _to_stream(p.STDOUT),
+    p.STDERR: _to_stream(p.STDERR),
+    p.MEDIA: _from_media,
+    p.HTML: lambda data: _shown("text/html", str(data)),
+    p.EXECUTE_RESULT: _of_dict(_from_execute_result),
+    p.DISPLAY_DATA: _of_dict(_from_display(p.DISPLAY_DATA)),
+    p.UPDATE_DISPLAY_DATA: _of_dict(_from_display(p.UPDATE_DISPLAY_DATA)),
+    p.CLEAR_OUTPUT: _of_dict(_from_clear_output),
+    p.ERROR: _of_dict(_from_error),
+}
 
 
 def iopub_from_record(rec: Record) -> tuple[str, dict[str, Any]] | None:
@@ -83,49 +213,8 @@ def iopub_from_record(rec: Record) -> tuple[str, dict[str, Any]] | None:
     the reply's. Returns ``None`` for a record Jupyter cannot show.
     """
     kind, data = rec[0], rec[1]
-    if kind in (p.STDOUT, p.STDERR):
-        return "stream", {"name": kind, "text": str(data)}
-    if kind == p.MEDIA:
-        if not isinstance(data, (list, tuple)) or len(data) != 2:
-            return None
-        mime, payload = str(data[0]), data[1]
-        if isinstance(payload, str):
-            unwrapped = p.unwrap_data_uri(payload)
-            if unwrapped is not None:
-                payload = unwrapped[1]
-            elif p.is_json_mime(mime):
-                import json
-
-                try:
-                    payload = json.loads(payload)
-                except ValueError:
-                    pass
-        return "display_data", {"data": {mime: payload}, "metadata": {}, "transient": {}}
-    if kind == p.HTML:
-        return "display_data", {"data": {"text/html": str(data)}, "metadata": {}, "transient": {}}
-    if not isinstance(data, dict):
-        return None
-    if kind == p.EXECUTE_RESULT:
-        return kind, {
-            "data": data.get("data", {}),
-            "metadata": data.get("metadata", {}),
-            "execution_count": data.get("execution_count"),
-        }
-    if kind in (p.DISPLAY_DATA, p.UPDATE_DISPLAY_DATA):
-        return kind, {
-            "data": data.get("data", {}),
-            "metadata": data.get("metadata", {}),
-            "transient": data.get("transient", {}),
-        }
-    if kind == p.CLEAR_OUTPUT:
-        return kind, {"wait": bool(data.get("wait", False))}
-    if kind == p.ERROR:
-        return kind, {
-            "ename": str(data.get("ename", "")),
-            "evalue": str(data.get("evalue", "")),
-            "traceback": [str(line) for line in data.get("traceback", [])],
-        }
-    return None
+    convert = _FROM_RECORD.get(kind) if isinstance(kind, str) else None  # JSON may give any kind
+    return convert(data) if convert else None
 
 
 #: A widget view needs comms with the kernel, which the run-loop API does not carry.

@@ -6,7 +6,16 @@ import copy
 
 import pytest
 
-from remote_kernel.iopub import iopub_from_record, is_output_message, records_from_iopub
+from remote_kernel import protocol as p
+from remote_kernel.iopub import (
+    _BASE,
+    _FROM_RECORD,
+    _JUPYTER,
+    _SILENT_IOPUB,
+    iopub_from_record,
+    is_output_message,
+    records_from_iopub,
+)
 
 # A 1x1 PNG, base64 as in a Jupyter bundle.
 PNG_B64 = (
@@ -457,3 +466,52 @@ def test_widget_views_give_way_to_their_text() -> None:
                                            True)  # fmt: skip
     plain = {"data": {"text/plain": "1"}, "metadata": {}}
     assert without_widget_views(plain) == (plain, False)
+
+
+# -- the dispatch tables themselves ---------------------------------------------------------------
+#: One IOPub message per output type, as a remote kernel sends it.
+OUTPUT_SAMPLES = {
+    "stream": {"name": "stdout", "text": "hi\n"},
+    "execute_result": {"data": {"text/plain": "2"}, "metadata": {}, "execution_count": 5},
+    "display_data": {
+        "data": {"image/png": PNG_B64, "text/plain": "<Figure>"},
+        "metadata": {"image/png": {"width": 1}},
+        "transient": {"display_id": "d"},
+    },
+    "update_display_data": {
+        "data": {"text/plain": "90%"},
+        "metadata": {},
+        "transient": {"display_id": "d"},
+    },
+    "clear_output": {"wait": True},
+    "error": ERROR,
+}
+
+
+def test_both_server_tables_know_the_same_output_types():
+    assert _JUPYTER.keys() == _BASE.keys() == OUTPUT_SAMPLES.keys()
+
+
+def test_is_output_message_is_the_tables_and_the_silent_set():
+    for msg_type in [*_JUPYTER, *_BASE, *_SILENT_IOPUB]:
+        assert is_output_message(msg_type)
+    assert _JUPYTER.keys().isdisjoint(_SILENT_IOPUB)
+
+
+def test_the_record_table_is_every_showable_record_type():
+    assert _FROM_RECORD.keys() == {p.STDOUT, p.STDERR, p.MEDIA, p.HTML} | p.JUPYTER_RECORD_TYPES
+
+
+def test_every_record_the_server_makes_has_an_entry():
+    for msg_type, content in OUTPUT_SAMPLES.items():
+        for jupyter in (True, False):
+            for record in records_from_iopub(msg_type, content, jupyter=jupyter):
+                assert record[0] in _FROM_RECORD
+                assert iopub_from_record(record) is not None
+
+
+@pytest.mark.parametrize("msg_type", sorted(OUTPUT_SAMPLES))
+def test_each_output_type_round_trips_through_the_tables(msg_type):
+    content = OUTPUT_SAMPLES[msg_type]
+    records = records_from_iopub(msg_type, content, jupyter=True)
+    assert [iopub_from_record(record) for record in records] == [(msg_type, content)]
