@@ -4,7 +4,7 @@ ipykernel and Jupyter Kernel Gateway, each behind jupyter_server's kernel REST A
 How to run (from a checkout, in an environment with ``pip install -e '.[bench]'``)::
 
     python benchmarks/side_by_side.py [--runs 30] [--rtt 0,20] [--lines 100000] [--json out.json]
-        [--systems local,proxy,gateway] [--proxy-arg --RemoteKernel.x=y ...] [--server-arg ...]
+        [--systems local,proxy,gateway] [--proxy-arg=--RemoteKernel.x=y ...] [--server-arg=...]
 
 It takes about a minute on 2 cores (bounded by ``--deadline``), uses only 127.0.0.1, starts
 everything it needs in temp dirs and stops all of it at the end (also on errors and Ctrl-C).
@@ -813,7 +813,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="which to measure")
     parser.add_argument("--json", dest="json_path", default="", help="also write results here")
     parser.add_argument(
-        "--proxy-arg", action="append", default=[], help="extra proxy kernel argv (repeatable)"
+        "--proxy-arg",
+        action="append",
+        default=[],
+        help="extra proxy kernel argv, e.g. --proxy-arg=--RemoteKernel.x=y (repeatable)",
     )
     parser.add_argument(
         "--server-arg", action="append", default=[], help="extra `remote-kernel serve` argument"
