@@ -34,12 +34,18 @@ FEATURE_OUTPUT_CURSOR = "output-cursor"
 FEATURE_KERNEL_INFO = "kernel-info"
 FEATURE_INSPECT = "inspect"
 FEATURE_IS_COMPLETE = "is-complete"
+#: A repeated ``query`` runId is the same run; interrupts name their run (docs/protocol.md).
+FEATURE_IDEMPOTENT_RUNS = "idempotent-runs"
+#: ``GET /stream/session/{id}/channel``: one WebSocket per session (docs/protocol.md).
+FEATURE_PUSH_CHANNEL = "push-channel"
 FEATURES = (
     FEATURE_JUPYTER_CONSOLE,
     FEATURE_OUTPUT_CURSOR,
     FEATURE_KERNEL_INFO,
     FEATURE_INSPECT,
     FEATURE_IS_COMPLETE,
+    FEATURE_IDEMPOTENT_RUNS,
+    FEATURE_PUSH_CHANNEL,
 )
 CONSOLE_JUPYTER = "jupyter"
 

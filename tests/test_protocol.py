@@ -556,6 +556,8 @@ def test_api_version_and_features():
         "kernel-info",
         "inspect",
         "is-complete",
+        "idempotent-runs",
+        "push-channel",
     )
     assert p.MODES == ("query", "continue", "input", "batch", "complete")
 

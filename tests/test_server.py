@@ -28,7 +28,8 @@ async def test_version_probe_lists_extensions(api: RawAPI) -> None:
     assert status == 200
     assert body["version"] == "v9.20250722"
     assert body["remote_kernel"]["features"] == [
-        "jupyter-console", "output-cursor", "kernel-info", "inspect", "is-complete"
+        "jupyter-console", "output-cursor", "kernel-info", "inspect", "is-complete",
+        "idempotent-runs", "push-channel",
     ]  # fmt: skip
 
 
@@ -288,7 +289,7 @@ async def test_jupyter_input_prompt_in_options(api: RawAPI, sid: str) -> None:
     opts = {"console": "jupyter"}
     first = await api.execute(sid, "query", "v = input('who? ')", run_id, options=opts)
     assert first["status"] == "waiting-input"
-    assert first["options"] == {"is_password": False, "prompt": "who? "}
+    assert first["options"] == {"is_password": False, "prompt": "who? ", "input_seq": 1}
     assert first["console"] == []
     done = await api.drain(
         sid, await api.execute(sid, "input", "ann", run_id, options={"input_seq": 1})

@@ -17,49 +17,31 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, de
 from traitlets.config import Application, Config, catch_config_error
 
 from .._version import __version__
-from .appkeys import config_key, keystore_key, manager_key
+from .appkeys import keystore_key, manager_key, settings_key
 from .keystore import KeyStore, default_state_dir
 from .middleware import auth_middleware, error_middleware
 from .routes import setup_routes
 from .sessions import SessionManager
+from .settings import ServerSettings
 from .streams import close_streams, websockets_key
 
 ENV_PREFIX = "REMOTE_KERNEL_"
 
 
 def make_app(
-    manager: SessionManager,
-    keystore: KeyStore,
-    *,
-    extensions: bool = True,
-    auth_required: bool = True,
-    poll_hold: float = 1.0,
-    poll_coalesce: float = 0.005,
-    debug: bool = False,
-    max_request_bytes: int = 16 * 1024 * 1024,
-    max_upload_files: int = 100,
-    max_upload_bytes: int = 64 * 1024 * 1024,
-    max_download_bytes: int = 64 * 1024 * 1024,
+    manager: SessionManager, keystore: KeyStore, settings: ServerSettings | None = None
 ) -> web.Application:
     """The aiohttp application; its cleanup context reaps idle sessions and, at exit, stops all."""
+    settings = settings or ServerSettings()
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=max_request_bytes
+        middlewares=[error_middleware, auth_middleware], client_max_size=settings.max_request_bytes
     )
-    app[config_key] = {
-        "extensions": extensions,
-        "auth_required": auth_required,
-        "poll_hold": poll_hold,
-        "poll_coalesce": poll_coalesce,
-        "debug": debug,
-        "max_upload_files": max_upload_files,
-        "max_upload_bytes": max_upload_bytes,
-        "max_download_bytes": max_download_bytes,
-    }
+    app[settings_key] = settings
     app[keystore_key] = keystore
     app[manager_key] = manager
     app[websockets_key] = set()
     app.on_shutdown.append(close_streams)
-    setup_routes(app, extensions=extensions)
+    setup_routes(app, settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         reaper = asyncio.ensure_future(manager.reap_forever())
@@ -137,6 +119,11 @@ class ServerApp(Application):
         0.005,
         help="Once output exists, how long (s) a run-loop request waits for more before "
         f"answering. Environment: {_env('poll_coalesce')}.",
+    ).tag(config=True)
+    push_coalesce = Float(
+        0.002,
+        help="On the push channel, how long (s) new output waits for more before it is sent. "
+        f"Environment: {_env('push_coalesce')}.",
     ).tag(config=True)
     max_sessions_per_key = Int(
         16, help=f"Most sessions one keypair may hold. Environment: {_env('max_sessions_per_key')}."
@@ -235,20 +222,23 @@ class ServerApp(Application):
             },
         )
 
-    def make_app(self) -> web.Application:
-        return make_app(
-            self.make_manager(),
-            KeyStore(self.state_dir),
+    def settings(self) -> ServerSettings:
+        """The handlers' view of these traits."""
+        return ServerSettings(
             extensions=self.extensions,
             auth_required=self.auth == "keypair",
             poll_hold=self.poll_hold,
             poll_coalesce=self.poll_coalesce,
+            push_coalesce=self.push_coalesce,
             debug=self.debug,
             max_request_bytes=self.max_request_bytes,
             max_upload_files=self.max_upload_files,
             max_upload_bytes=self.max_upload_bytes,
             max_download_bytes=self.max_download_bytes,
         )
+
+    def make_app(self) -> web.Application:
+        return make_app(self.make_manager(), KeyStore(self.state_dir), self.settings())
 
     def start(self) -> None:
         logging.getLogger("remote_kernel").setLevel(int(self.log.getEffectiveLevel()))

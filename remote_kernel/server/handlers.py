@@ -16,7 +16,7 @@ from .. import protocol as p
 from .._version import __version__
 from ..errors import InvalidAPIParamsError, RequestTooLargeError
 from . import files
-from .appkeys import config_key, manager_key
+from .appkeys import manager_key, settings_key
 from .sessions import Session
 
 _dumps = functools.partial(json.dumps, default=json_default)
@@ -46,13 +46,14 @@ def session_of(request: web.Request) -> Session:
 
 
 def _extensions(request: web.Request) -> bool:
-    return bool(request.app[config_key].get("extensions", True))
+    return request.app[settings_key].extensions
 
 
 async def hello(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"version": p.API_VERSION, "manager": f"remote-kernel {__version__}"}
-    if _extensions(request):
-        body["remote_kernel"] = {"version": __version__, "features": list(p.FEATURES)}
+    features = request.app[settings_key].features
+    if features:
+        body["remote_kernel"] = {"version": __version__, "features": list(features)}
     return json_response(body)
 
 
@@ -104,24 +105,30 @@ async def restart_session(request: web.Request) -> web.Response:
 
 
 async def interrupt_session(request: web.Request) -> web.Response:
-    await session_of(request).runner.interrupt()
+    """204 always; with ``{"runId", "interruptId"}`` (idempotent-runs) only that run, once."""
+    session = session_of(request)
+    body = await read_json(request) if _extensions(request) else {}
+    run_id, interrupt_id = body.get("runId") or body.get("run_id"), body.get("interruptId")
+    if not isinstance(run_id, (str, type(None))) or not isinstance(interrupt_id, (str, type(None))):
+        raise InvalidAPIParamsError("'runId' and 'interruptId' must be strings.")
+    await session.runner.interrupt(run_id, interrupt_id)
     return web.Response(status=204)
 
 
 async def execute(request: web.Request) -> web.Response:
     session = session_of(request)
     req = p.parse_execute_request(await read_json(request))
-    config = request.app[config_key]
+    settings = request.app[settings_key]
     if req.mode == "complete":
         return json_response(await _complete(session, req.code, req.options))
-    if not config["extensions"]:
+    if not settings.extensions:
         options = {k: v for k, v in req.options.items() if k != "console"}
         req = p.ExecuteRequest(req.mode, req.code, req.run_id, options, None)
     result = await session.runner.execute(
         req,
-        hold=config["poll_hold"],
-        coalesce=config["poll_coalesce"],
-        cursors=config["extensions"],
+        hold=settings.poll_hold,
+        coalesce=settings.poll_coalesce,
+        cursors=settings.extensions,
     )
     session.touch()
     return json_response(result)
@@ -194,7 +201,7 @@ async def logs(request: web.Request) -> web.Response:
 # -- files (protocol §1.7) ---------------------------------------------------------------------
 async def upload(request: web.Request) -> web.Response:
     session = session_of(request)
-    config = request.app[config_key]
+    settings = request.app[settings_key]
     if not request.content_type.startswith("multipart/"):
         raise InvalidAPIParamsError("Upload as multipart/form-data, one part per file.")
     reader = await request.multipart()
@@ -204,14 +211,14 @@ async def upload(request: web.Request) -> web.Response:
         if not isinstance(part, aiohttp.BodyPartReader) or not name:
             raise InvalidAPIParamsError("Every upload part needs a filename.")
         count += 1
-        if count > config["max_upload_files"]:
+        if count > settings.max_upload_files:
             raise RequestTooLargeError(
-                f"Too many files: at most {config['max_upload_files']} per upload "
+                f"Too many files: at most {settings.max_upload_files} per upload "
                 "(ServerApp.max_upload_files)."
             )
         await files.save_upload(
             session.runner.work_dir, name, _chunks(part), extra_roots=session.mounts.values(),
-            max_bytes=config["max_upload_bytes"],
+            max_bytes=settings.max_upload_bytes,
         )  # fmt: skip
     session.touch()
     return web.Response(status=204)
@@ -243,7 +250,7 @@ async def download(request: web.Request) -> web.Response:
         names = (await read_json(request)).get("files") or []
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise InvalidAPIParamsError("Name the files to download: ?files=a&files=b.")
-    limit = request.app[config_key]["max_download_bytes"]
+    limit = request.app[settings_key].max_download_bytes
     writer = aiohttp.MultipartWriter("mixed")
     total = 0
     for name in names:

@@ -20,7 +20,7 @@ from ..errors import (
     ServerError,
 )
 from ..protocol import VALID_VERSIONS
-from .appkeys import config_key, keystore_key
+from .appkeys import keystore_key, settings_key
 
 log = logging.getLogger("remote_kernel.server")
 
@@ -71,7 +71,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _error_response(request: web.Request, exc: Exception) -> web.Response:
-    debug = bool(request.app[config_key].get("debug", False))
+    debug = request.app[settings_key].debug
     if isinstance(exc, ServerError):
         return problem_response(exc, debug=debug)
     if isinstance(exc, web.HTTPException):
@@ -91,8 +91,7 @@ def _error_response(request: web.Request, exc: Exception) -> web.Response:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Verify Backend.AI HMAC on every route but the version probe; set ``request["owner"]``."""
-    config = request.app[config_key]
-    if request.path in ("", "/") or not config.get("auth_required", True):
+    if request.path in ("", "/") or not request.app[settings_key].auth_required:
         request["owner"] = ANONYMOUS
         return await handler(request)
     version = request.headers.get("X-BackendAI-Version")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .. import protocol as p
+from . import channel, streams
 from . import handlers as h
-from . import streams
+from .settings import ServerSettings
 
 
-def setup_routes(app: web.Application, *, extensions: bool) -> None:
+def setup_routes(app: web.Application, settings: ServerSettings) -> None:
     """Backend.AI v≥5 paths (``/session``), with the legacy ``/kernel`` aliases."""
     app.router.add_get("/", h.hello)
     app.router.add_get("/events/session", streams.session_events)
@@ -30,6 +32,9 @@ def setup_routes(app: web.Application, *, extensions: bool) -> None:
         stream = "/stream" + sid
         app.router.add_get(stream + "/execute", streams.stream_execute)
         app.router.add_get(stream + "/pty", streams.stream_pty)
-        if extensions:
+        if settings.offers(p.FEATURE_INSPECT):
             app.router.add_post(sid + "/inspect", h.inspect)
+        if settings.offers(p.FEATURE_IS_COMPLETE):
             app.router.add_post(sid + "/is-complete", h.is_complete)
+        if settings.offers(p.FEATURE_PUSH_CHANNEL):
+            app.router.add_get(stream + "/channel", channel.push_channel)

@@ -33,6 +33,8 @@ log = logging.getLogger("remote_kernel.server")
 
 #: Finished runs kept per session, so a client that lost a final response can replay it.
 KEEP_FINISHED_RUNS = 4
+#: Ids of runs no longer kept, remembered so that a late retried query is refused, not re-run.
+REMEMBER_RUN_IDS = 4096
 #: How often a run checks that its kernel is still alive.
 ALIVE_CHECK_INTERVAL = 1.0
 #: The kernel process's log is cut back to its last LOG_KEEP bytes once it passes LOG_MAX.
@@ -66,6 +68,7 @@ class SessionRunner:
         self.kc: Any = None
         self.kernel_info: dict[str, Any] = {}
         self.runs: OrderedDict[str, Run] = OrderedDict()
+        self._past_runs: OrderedDict[str, None] = OrderedDict()  # ids of runs no longer kept
         self.current: Run | None = None
         self.num_queries = 0
         self._shell_lock = asyncio.Lock()
@@ -181,21 +184,33 @@ class SessionRunner:
     ) -> dict[str, Any]:
         """Answer one ``query``/``continue``/``input`` request with the run's next result."""
         if req.mode in ("query", "batch"):
-            run = self.runs.get(req.run_id or "")
-            if run is None:  # a query retried with the same run id is polled, not re-run
-                run = self._start_run(req)
+            run = self.run_for(req)
         else:
-            run = self.runs.get(req.run_id or "")
-            if run is None:
+            found = self.runs.get(req.run_id or "")
+            if found is None:
                 raise InvalidAPIParamsError(
                     f"No run {req.run_id!r} in this session: start it with mode 'query'."
                 )
+            run = found
             if req.mode == "input":
                 run.give_input(req.code, req.input_seq)
         body = await run.poll(req.cursor if cursors else None, hold=hold, coalesce=coalesce)
         if not cursors:
             body["result"].pop("cursor", None)
         return body
+
+    def run_for(self, req: ExecuteRequest) -> Run:
+        """The run a ``query``/``batch`` names: a known ``runId`` is that run (a retried query
+        is the same run, never a second execution); a new one starts."""
+        run = self.runs.get(req.run_id or "")
+        if run is not None:
+            return run
+        if req.run_id and req.run_id in self._past_runs:
+            raise InvalidAPIParamsError(
+                f"Run {req.run_id!r} already ran in this session and its output is no longer "
+                "kept; start a new run with a new runId."
+            )
+        return self._start_run(req)
 
     def _start_run(self, req: ExecuteRequest) -> Run:
         run_id = req.run_id or secrets.token_hex(16)
@@ -224,6 +239,9 @@ class SessionRunner:
         finished = [rid for rid, r in self.runs.items() if r.status == p.FINISHED]
         for rid in finished[:-KEEP_FINISHED_RUNS]:
             del self.runs[rid]
+            self._past_runs[rid] = None
+        while len(self._past_runs) > REMEMBER_RUN_IDS:
+            self._past_runs.popitem(last=False)
 
     async def _run(self, run: Run, req: ExecuteRequest) -> None:
         opts = req.options if run.jupyter else {}
@@ -298,10 +316,26 @@ class SessionRunner:
         if value is not None:
             self.kc.input(value)
 
-    async def interrupt(self) -> None:
+    async def interrupt(self, run_id: str | None = None, interrupt_id: str | None = None) -> bool:
         """Interrupt the kernel (or a batch step's command); a run waiting for input stops
-        waiting (the kernel raises KeyboardInterrupt)."""
+        waiting (the kernel raises KeyboardInterrupt).
+
+        Naming the run makes it idempotent: nothing happens unless that run is the current,
+        unfinished one, and an ``interrupt_id`` already acted on is not acted on again, so a
+        retried interrupt never hits the next cell. Returns whether the kernel was signalled.
+        """
         run = self.current
+        if run_id is not None:
+            if run is None or run.run_id != run_id or run.status == p.FINISHED:
+                return False
+            if interrupt_id is not None:
+                if interrupt_id in run.interrupts:
+                    return False
+                run.interrupts.add(interrupt_id)
+        await self._interrupt_now(run)
+        return True
+
+    async def _interrupt_now(self, run: Run | None) -> None:
         if self._signal_batch(signal.SIGINT):
             return
         await self.km.interrupt_kernel()

@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .. import protocol as p
@@ -139,6 +139,8 @@ class Run:
         self.created = time.monotonic()
         self.task: asyncio.Task[None] | None = None
         self.steps: deque[tuple[str, int, int]] = deque()  # batch: (status, exit code, log end)
+        self.prompts = 0  # input prompts so far; the answer to prompt k carries input_seq k
+        self.interrupts: set[str] = set()  # interrupt ids already acted on (a repeat is a no-op)
         self._input: asyncio.Future[str | None] | None = None
         self._changed = asyncio.Event()
 
@@ -151,8 +153,10 @@ class Run:
 
     async def ask_input(self, prompt: str, password: bool) -> str | None:
         """Enter ``waiting-input`` and wait for the client's line (None: give up, don't answer)."""
+        self.prompts += 1
         if self.jupyter:
-            self.input_options = {"is_password": password, "prompt": prompt}
+            self.input_options = {"is_password": password, "prompt": prompt,
+                                  "input_seq": self.prompts}  # fmt: skip
         else:
             if prompt:
                 self.log.append(p.record(p.STDOUT, prompt))
@@ -190,8 +194,12 @@ class Run:
         return self.status == p.WAITING_INPUT and self._input is not None
 
     def give_input(self, text: str, seq: int | None) -> bool:
-        """Hand the client's line to the waiting kernel; a repeated ``input_seq`` is ignored."""
-        if seq is not None and seq == self.last_input_seq:
+        """Hand the client's line to the waiting kernel.
+
+        With an ``input_seq`` the line answers exactly prompt number ``seq``: a repeat (a retried
+        request) or an answer to another prompt is ignored, so a kernel is never fed twice.
+        """
+        if seq is not None and (seq == self.last_input_seq or seq != self.prompts):
             return False
         if not self.waiting_input or self._input is None or self._input.done():
             return False
@@ -210,15 +218,18 @@ class Run:
         """Finished or waiting for input: a poll returns at once."""
         return self.status in (p.FINISHED, p.WAITING_INPUT) or bool(self.steps)
 
-    async def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``predicate()`` holds or ``timeout`` passes; return the predicate."""
+    async def wait(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait until ``predicate()`` holds or ``timeout`` passes (None: no limit)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = None if timeout is None else loop.time() + timeout
         while not predicate():
+            event = self._changed
+            if deadline is None:
+                await event.wait()
+                continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
-            event = self._changed
             try:
                 await asyncio.wait_for(event.wait(), remaining)
             except asyncio.TimeoutError:
@@ -244,6 +255,37 @@ class Run:
         has_news = await self.wait(lambda: self.settled or len(self.log) > start, hold)
         if has_news and not self.settled and coalesce > 0:
             await self.wait(lambda: self.settled, coalesce)
+        return self.take(start)
+
+    async def follow(self, cursor: int, *, coalesce: float) -> AsyncIterator[dict[str, Any]]:
+        """Every change of the run from ``cursor`` on, as response bodies, until the terminal one.
+
+        A body is produced when records exist past the last one produced (after up to
+        ``coalesce`` seconds for more), when a batch step ends, and when the status or the
+        prompt changes (so ``waiting-input`` is reported once per prompt). The push channel
+        sends each; records are freed only by :meth:`RecordLog.ack` (the client's ``ack``).
+        """
+        reported: tuple[str, int] | None = None
+
+        def news() -> bool:
+            return len(self.log) > cursor or bool(self.steps) or self._mark() != reported
+
+        while True:
+            await self.wait(news, None)
+            if not self.settled and coalesce > 0:
+                await self.wait(lambda: self.settled, coalesce)
+            reported = self._mark()
+            body = self.take(cursor)
+            cursor = body["result"]["cursor"]
+            yield body
+            if body["result"]["status"] not in p.NON_TERMINAL:
+                return
+
+    def _mark(self) -> tuple[str, int]:
+        return self.status, self.prompts
+
+    def take(self, start: int) -> dict[str, Any]:
+        """The response body for records ``start..`` now (a pending batch step first)."""
         if self.steps:
             status, exit_code, upto = self.steps.popleft()
             records, end = self.log.read(start, upto)

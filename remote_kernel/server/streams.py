@@ -14,9 +14,10 @@ from aiohttp import WSMsgType, web
 
 from .. import protocol as p
 from ..errors import InvalidAPIParamsError, RemoteKernelError
-from .appkeys import config_key, manager_key
+from .appkeys import manager_key, settings_key
 from .events import SERVER_CLOSE, Subscription
 from .handlers import session_of
+from .settings import ServerSettings
 from .terminal import Terminal
 
 SSE_PING_INTERVAL = 15.0
@@ -33,7 +34,7 @@ async def close_streams(app: web.Application) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _open_ws(request: web.Request) -> AsyncIterator[web.WebSocketResponse]:
+async def open_ws(request: web.Request) -> AsyncIterator[web.WebSocketResponse]:
     """A prepared WebSocket, registered for shutdown while the handler runs."""
     ws = web.WebSocketResponse(heartbeat=30)
     await ws.prepare(request)
@@ -53,16 +54,16 @@ async def stream_execute(request: web.Request) -> web.WebSocketResponse:
     that goes away mid-run interrupts it.
     """
     session = session_of(request)
-    config = request.app[config_key]
-    async with _open_ws(request) as ws:
-        return await _run_over_socket(ws, session, config)
+    settings = request.app[settings_key]
+    async with open_ws(request) as ws:
+        return await _run_over_socket(ws, session, settings)
 
 
 async def _run_over_socket(
-    ws: web.WebSocketResponse, session: Any, config: dict[str, Any]
+    ws: web.WebSocketResponse, session: Any, settings: ServerSettings
 ) -> web.WebSocketResponse:
     try:
-        req = _first_request(await ws.receive(), extensions=config["extensions"])
+        req = _first_request(await ws.receive(), extensions=settings.extensions)
     except InvalidAPIParamsError as exc:
         await ws.send_json({"status": "error", "msg": f"Invalid API parameters: {exc}"})
         await ws.close()
@@ -72,8 +73,8 @@ async def _run_over_socket(
     try:
         while True:
             result = await _race(
-                session.runner.execute(req, hold=config["poll_hold"],
-                                       coalesce=config["poll_coalesce"], cursors=False),
+                session.runner.execute(req, hold=settings.poll_hold,
+                                       coalesce=settings.poll_coalesce, cursors=False),
                 reader,
             )  # fmt: skip
             if result is None:  # the client went away mid-run
@@ -151,7 +152,7 @@ async def _race(work: Any, reader: asyncio.Future[None]) -> Any:
 async def stream_pty(request: web.Request) -> web.WebSocketResponse:
     """A shell in the session's work dir; frames: stdin, resize, ping, restart → out."""
     session = session_of(request)
-    async with _open_ws(request) as ws:
+    async with open_ws(request) as ws:
         return await _shell_over_socket(ws, session)
 
 

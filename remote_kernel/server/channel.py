@@ -1,0 +1,157 @@
+"""The push channel: one WebSocket per session that pushes each run's records as they happen.
+
+``GET /stream/session/{id}/channel`` (extension ``push-channel``; frames in
+:mod:`remote_kernel.frames`, rules in docs/protocol.md). Every run is read through
+:meth:`~remote_kernel.server.runs.Run.follow` from the cursor the client names, so a client
+that reconnects sends ``run`` again with its cursor and misses or repeats nothing. A closed
+channel never interrupts a run: the client is expected back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .. import frames
+from .. import protocol as p
+from ..errors import InternalServerError, InvalidAPIParamsError, RemoteKernelError, ServerError
+from .appkeys import manager_key, settings_key
+from .events import Event, Subscription
+from .handlers import session_of
+from .runs import Run
+from .sessions import Session
+from .settings import ServerSettings
+from .streams import open_ws
+
+log = logging.getLogger("remote_kernel.server")
+
+
+async def push_channel(request: web.Request) -> web.WebSocketResponse:
+    session = session_of(request)
+    manager = request.app[manager_key]
+    async with open_ws(request) as ws:
+        log.info("push channel opened for session %s", session.id)
+        sub = Subscription(session.owner, session_id=session.id)
+        manager.events.subscribe(sub)
+        try:
+            await _Channel(ws, session, request.app[settings_key], sub).serve()
+        finally:
+            manager.events.unsubscribe(sub)
+    return ws
+
+
+class _Channel:
+    """One open channel: its frame reader, one follower task per run, the event forwarder."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        session: Session,
+        settings: ServerSettings,
+        events: Subscription,
+    ) -> None:
+        self.ws = ws
+        self.session = session
+        self.settings = settings
+        self.events = events
+        self.followers: dict[str, asyncio.Task[None]] = {}
+        self._send_lock = asyncio.Lock()
+
+    async def serve(self) -> None:
+        forwarder = asyncio.ensure_future(self._forward_events())
+        try:
+            await self.send(frames.hello(self.session.id))
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self.handle(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await self.send(frames.error(_problem("Channel frames are JSON text.")))
+                else:
+                    break
+        finally:
+            forwarder.cancel()
+            for task in self.followers.values():
+                task.cancel()
+            await asyncio.gather(forwarder, *self.followers.values(), return_exceptions=True)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        if self.ws.closed:
+            return
+        async with self._send_lock:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.send_str(frames.dumps(frame))
+
+    async def handle(self, text: str) -> None:
+        run_id = None
+        try:
+            frame = frames.parse_client_frame(text)
+            run_id = frame.run_id
+            self.session.touch()
+            if frame.type == frames.RUN:
+                self._follow(frame)
+            elif frame.type == frames.INPUT:
+                applied = self._run(frame.run_id).give_input(frame.text, frame.seq)
+                await self.send(frames.accepted(frame.type, run_id, applied, seq=frame.seq))
+            elif frame.type == frames.INTERRUPT:
+                applied = await self.session.runner.interrupt(run_id, frame.interrupt_id)
+                await self.send(
+                    frames.accepted(frame.type, run_id, applied, interruptId=frame.interrupt_id)
+                )
+            else:
+                run = self.session.runner.runs.get(run_id)
+                if run is not None:
+                    run.log.ack(frame.cursor)
+        except RemoteKernelError as exc:
+            await self.send(frames.error(_problem_of(exc), run_id))
+
+    def _run(self, run_id: str) -> Run:
+        run = self.session.runner.runs.get(run_id)
+        if run is None:
+            raise _unknown_run(run_id)
+        return run
+
+    def _follow(self, frame: frames.ClientFrame) -> None:
+        """Start the run (or find it: a known runId is the same run) and push it from cursor."""
+        request = p.ExecuteRequest("query", frame.code, frame.run_id, frame.options, frame.cursor)
+        run = self.session.runner.run_for(request)
+        previous = self.followers.pop(run.run_id, None)
+        if previous is not None:
+            previous.cancel()
+        self.followers[run.run_id] = asyncio.ensure_future(self._push(run, frame.cursor))
+
+    async def _push(self, run: Run, cursor: int) -> None:
+        try:
+            async for body in run.follow(cursor, coalesce=self.settings.push_coalesce):
+                result = body["result"]
+                await self.send(frames.result(result, cursor))
+                cursor = result["cursor"]
+        finally:
+            if self.followers.get(run.run_id) is asyncio.current_task():
+                del self.followers[run.run_id]
+
+    async def _forward_events(self) -> None:
+        while True:
+            event: Event = await self.events.queue.get()
+            data = {"reason": event.reason, "exitCode": event.exit_code}
+            await self.send(frames.event(event.name, data))
+            if event.name in ("session_terminated", "server_close"):
+                await self.ws.close(code=1001, message=event.name.encode())
+                return
+
+
+def _unknown_run(run_id: str) -> ServerError:
+    return InvalidAPIParamsError(f"No run {run_id!r} in this session: start it with 'run'.")
+
+
+def _problem(message: str) -> dict[str, Any]:
+    return _problem_of(InvalidAPIParamsError(message))
+
+
+def _problem_of(exc: RemoteKernelError) -> dict[str, Any]:
+    """The problem+json body (plus its ``status``) an HTTP request would have got."""
+    error = exc if isinstance(exc, ServerError) else InternalServerError(str(exc))
+    return {**error.problem(), "status": error.status}
