@@ -12,7 +12,7 @@ def main() -> None:
         from .cli import main as cli_main
 
         sys.exit(cli_main())
-    from .kernelapp import RemoteKernelApp
+    from .proxy.app import RemoteKernelApp
 
     RemoteKernelApp.launch_instance()
 

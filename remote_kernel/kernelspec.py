@@ -10,7 +10,7 @@ and the ``remote-kernel install | list | remove`` applications on top of it.
 interpreter it cannot match), ``interrupt_mode: "message"``, and our settings under
 ``metadata.remote_kernel``.
 It never holds a secret: the kernel reads its keypair from ``BACKEND_ACCESS_KEY`` /
-``BACKEND_SECRET_KEY`` or from the user's 0600 credentials file (:mod:`remote_kernel.config`).
+``BACKEND_SECRET_KEY`` or from the user's 0600 credentials file (:mod:`remote_kernel.credentials`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from traitlets import Bool, List, Unicode, default
 from traitlets.config import Application, SingletonConfigurable
 
 from ._version import __version__
-from .config import credentials_path, save_credentials
+from .credentials import credentials_path, save_credentials
 from .errors import ConfigurationError
 
 KERNEL_NAME = "remote-python"

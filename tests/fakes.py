@@ -3,7 +3,8 @@
 A real aiohttp app on loopback (no mocks) that verifies HMAC signatures with ``auth.verify`` and
 answers execute requests from scripts: a script is a list of :class:`Step` (the records and the
 status of one response). It implements the cursor (protocol §2.3) and ``input_seq`` (§2.4)
-semantics when its ``features`` list them, and can stall a response so the client times out and
+semantics, and a repeated query as the same run (``idempotent-runs``), when its ``features`` list
+them, and can stall a response so the client times out and
 retries (the server's state has moved on, as with a response lost on the wire).
 """
 
@@ -25,7 +26,8 @@ from remote_kernel.errors import (
     SessionNotFoundError,
 )
 
-ALL_FEATURES = list(p.FEATURES)
+#: Every extension but the push channel (the fake speaks HTTP only).
+ALL_FEATURES = [f for f in p.FEATURES if f != p.FEATURE_PUSH_CHANNEL]
 
 
 @dataclass
@@ -234,7 +236,10 @@ class FakeRunLoopServer:
         options = body.get("options") or {}
         use_cursor = p.FEATURE_OUTPUT_CURSOR in self.features
         cursor = body.get("cursor", options.get("cursor")) if use_cursor else None
-        if mode == "query":
+        if mode == "query" and run_id in self.runs and p.FEATURE_IDEMPOTENT_RUNS in self.features:
+            run = self.runs[run_id]  # a retried query: the same run, from the cursor
+            out = run.delivered[cursor or 0 :]
+        elif mode == "query":
             code = body.get("code", "")
             self.executed_codes.append(code)
             steps = self.scripts.get(code) or [Step([[p.STDOUT, f"ran {code}\n"]])]

@@ -11,13 +11,8 @@ from pathlib import Path
 import pytest
 
 from remote_kernel import protocol as p
-from remote_kernel.client import (
-    RunLoopClient,
-    completion_options,
-    negotiate_version,
-    resolve_credentials,
-)
-from remote_kernel.config import save_credentials
+from remote_kernel.client import RunLoopClient, completion_options, negotiate_version
+from remote_kernel.credentials import resolve_credentials, save_credentials
 from remote_kernel.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -26,6 +21,8 @@ from remote_kernel.errors import (
     SessionNotFoundError,
     TransportError,
 )
+from remote_kernel.proxy.transports import PollingTransport
+from remote_kernel.runloop import RunState
 
 from .fakes import FakeRunLoopServer, Step
 
@@ -36,11 +33,27 @@ def _client(srv: FakeRunLoopServer, **kw: object) -> RunLoopClient:
     return RunLoopClient(srv.endpoint, srv.access_key, srv.secret_key, **kw)  # type: ignore[arg-type]
 
 
-async def _drain(run: object) -> list[list[object]]:
+def _run(client: RunLoopClient, session_id: str, code: str) -> tuple[RunState, PollingTransport]:
+    """A run as the kernel makes it: the state machine over HTTP polling."""
+    options = {"console": p.CONSOLE_JUPYTER} if client.has(p.FEATURE_JUPYTER_CONSOLE) else {}
+    state = RunState(
+        code, options, cursors=client.has(p.FEATURE_OUTPUT_CURSOR),
+        idempotent=client.has(p.FEATURE_IDEMPOTENT_RUNS),
+    )  # fmt: skip
+    return state, PollingTransport(client, session_id)
+
+
+async def _drain(run: tuple[RunState, PollingTransport]) -> list[list[object]]:
+    """Drive the run to its end (prompts answered with ""); every record handed out."""
+    state, transport = run
     records: list[list[object]] = []
-    async for result in run.results():  # type: ignore[attr-defined]
-        records.extend(result.console)
-    return records
+    while True:
+        update = await transport.next(state)
+        records.extend(update.records)
+        if update.new_prompt:
+            await transport.answer(state, "")
+        elif update.terminal:
+            return records
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
@@ -146,25 +159,43 @@ async def test_cursor_retry_neither_loses_nor_repeats_output() -> None:
             ],
         )
         srv.stall_next("continue", 2.0)
-        run = client.run(ref.id, "loop")
+        run = _run(client, ref.id, "loop")
         records = await _drain(run)
         assert records == [[p.STDOUT, "a\n"], [p.STDOUT, "b\n"], [p.STDOUT, "c\n"]]
-        assert run.last is not None and run.last.reply == {"status": "ok", "execution_count": 1}
+        last = run[0].last
+        assert last is not None and last.reply == {"status": "ok", "execution_count": 1}
         assert srv.modes().count("continue") == 3  # one lost response, replayed with its cursor
         query = next(r for r in srv.requests if r.get("mode") == "query")["body"]
-        assert query["runId"] == query["run_id"] == run.run_id
+        assert query["runId"] == query["run_id"] == run[0].run_id
         assert query["options"]["console"] == "jupyter"
 
 
-async def test_lost_query_response_is_recovered_without_running_twice() -> None:
+async def test_lost_query_response_is_retried_as_the_same_run() -> None:
     async with FakeRunLoopServer() as srv, _client(srv, request_timeout=0.5) as client:
         await client.probe()
         ref = await client.create_session("python:3", "sess-q")
         srv.script("once", [Step([[p.STDOUT, "x\n"]], p.FINISHED)])
         srv.stall_next("query", 2.0)
-        records = await _drain(client.run(ref.id, "once"))
+        records = await _drain(_run(client, ref.id, "once"))
         assert records == [[p.STDOUT, "x\n"]]
         assert srv.executed_codes == ["once"]
+        queries = [r["body"] for r in srv.requests if r.get("mode") == "query"]
+        assert len(queries) == 2 and queries[0] == queries[1]  # same runId, same cursor 0
+        assert srv.modes().count("continue") == 0  # never "recovered" as a continue
+
+
+async def test_lost_query_on_a_base_layer_server_is_not_resent() -> None:
+    features = [p.FEATURE_JUPYTER_CONSOLE, p.FEATURE_OUTPUT_CURSOR]
+    async with (
+        FakeRunLoopServer(features=features) as srv,
+        _client(srv, request_timeout=0.5) as client,
+    ):
+        await client.probe()
+        ref = await client.create_session("python:3", "sess-q2")
+        srv.stall_next("query", 2.0)
+        with pytest.raises(TransportError):
+            await _drain(_run(client, ref.id, "once"))
+        assert srv.modes() == ["query"]  # a second query could run the cell twice
 
 
 async def test_retried_input_is_not_fed_twice() -> None:
@@ -178,13 +209,14 @@ async def test_retried_input_is_not_fed_twice() -> None:
                 Step([[p.STDOUT, "got it\n"]], p.FINISHED),
             ],
         )
-        run = client.run(ref.id, "ask")
-        first = await run.start()
-        assert first.status == p.WAITING_INPUT and first.options["prompt"] == "? "
+        state, transport = _run(client, ref.id, "ask")
+        first = await transport.next(state)
+        assert first.new_prompt and first.result.options["prompt"] == "? "
         srv.stall_next("input", 2.0)
-        final = await run.send_input("Alice")
-        assert final.console == [[p.STDOUT, "got it\n"]]
-        assert srv.runs[run.run_id].inputs == ["Alice"]
+        await transport.answer(state, "Alice")
+        final = await transport.next(state)
+        assert final.records == [[p.STDOUT, "got it\n"]] and final.terminal
+        assert srv.runs[state.run_id].inputs == ["Alice"]
         inputs = [r["body"] for r in srv.requests if r.get("mode") == "input"]
         assert len(inputs) == 2 and {b["options"]["input_seq"] for b in inputs} == {1}
 
@@ -198,10 +230,10 @@ async def test_base_layer_server_gets_no_extension_fields() -> None:
             "b",
             [Step([[p.STDOUT, "1"]], p.CONTINUED), Step([[p.STDERR, "E"]], p.FINISHED, 1)],
         )
-        run = client.run(ref.id, "b")
+        run = _run(client, ref.id, "b")
         records = await _drain(run)
         assert records == [[p.STDOUT, "1"], [p.STDERR, "E"]]
-        assert run.last is not None and run.last.exit_code == 1
+        assert run[0].last is not None and run[0].last.exit_code == 1
         bodies = [r["body"] for r in srv.requests if "body" in r and "mode" in r]
         assert all("cursor" not in b and b["options"] == {} for b in bodies)
         assert await client.inspect(ref.id, "x", 1) is None
@@ -227,7 +259,7 @@ async def test_real_server_run_with_extensions(server: object) -> None:
         assert info.has(p.FEATURE_JUPYTER_CONSOLE)
         ref = await client.create_session("python:3", f"client-test-{os.getpid()}")
         try:
-            records = await _drain(client.run(ref.id, "print('hi')\n1+1"))
+            records = await _drain(_run(client, ref.id, "print('hi')\n1+1"))
             kinds = [r[0] for r in records]
             assert [p.STDOUT, "hi\n"] in records and p.EXECUTE_RESULT in kinds
         finally:
@@ -244,9 +276,9 @@ async def test_real_base_server_run_and_errors(base_server: object) -> None:
         assert not info.features
         ref = await client.create_session("python:3", f"client-base-{os.getpid()}")
         try:
-            run = client.run(ref.id, "print('hi')\nundefined_name")
+            run = _run(client, ref.id, "print('hi')\nundefined_name")
             records = await _drain(run)
-            assert run.last is not None and run.last.exit_code == 1
+            assert run[0].last is not None and run[0].last.exit_code == 1
             assert records[0] == [p.STDOUT, "hi\n"]
             assert any(r[0] == p.STDERR and "NameError" in r[1] for r in records)
         finally:

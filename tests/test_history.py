@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from remote_kernel.history import CellHistory
+from remote_kernel.proxy.history import CellHistory
 
 
 @pytest.fixture

@@ -150,22 +150,27 @@ def test_shutdown_destroys_the_session(server: ServerProcess, kernel_name: str) 
     assert _wait(lambda: _sessions(server) == [], 5), _sessions(server)
 
 
+@pytest.mark.parametrize("transport", ["auto", "polling"])
 def test_vanished_session_is_replaced_and_says_state_was_lost(
-    server: ServerProcess, kernel_name: str
+    server: ServerProcess, tmp_path: Path, transport: str
 ) -> None:
-    with running_kernel(kernel_name) as (_km, kc):
+    name = f"remote-python-vanish-{transport}"
+    install_kernelspec(
+        name, server.env, prefix=tmp_path, extra_argv=[f"--RemoteKernel.transport={transport}"]
+    )
+    with running_kernel(name) as (_km, kc):
         execute(kc, "kept = 1")
         (session,) = _sessions(server)
         _api(server, "DELETE", f"/session/{session['sessionId']}")
-        reply, outputs = execute(kc, "kept")
-        assert reply["status"] == "error" and reply["ename"] == "SessionLostError"
-        errors = [m for m in outputs if m["msg_type"] == "error"]
-        assert len(errors) == 1 and "lost" in errors[0]["content"]["evalue"]
+        # the next cell runs in a new session (it never ran in the old one) and says so
         reply, outputs = execute(kc, "print('kept' in dir())")
         assert reply["status"] == "ok"
-        assert "new remote session" in _texts(outputs, "stderr")
+        assert _texts(outputs, "stderr").count("new remote session") == 1
         assert _texts(outputs, "stdout") == "False\n"
-        assert len(_sessions(server)) == 1
+        (current,) = _sessions(server)
+        assert current["sessionId"] != session["sessionId"]
+        reply, outputs = execute(kc, "1")
+        assert reply["status"] == "ok" and _texts(outputs, "stderr") == ""
 
 
 def test_silent_helper_code_never_hangs(kernel_name: str) -> None:
@@ -426,3 +431,29 @@ def test_config_file_sets_the_image_and_a_failed_start_is_explained(
         evalue = outputs[-1]["content"]["evalue"]
         assert "no-such-image:1" in evalue and "run the cell again" in evalue
         assert _kernel_info_ok(kc)
+
+
+def test_first_kernel_info_is_the_remote_kernels(kernel_name: str) -> None:
+    """The very first kernel_info (what a frontend stores in the notebook) is the remote's."""
+    import platform
+
+    km = KernelManager(kernel_name=kernel_name)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        msg_id = kc.kernel_info()
+        content = _reply_for(kc, msg_id, 60)["content"]
+        info = content["language_info"]
+        assert info["name"] == "python"
+        assert info["version"] == platform.python_version()  # the server's kernels' Python
+        assert info["pygments_lexer"] == "ipython3" and info["file_extension"] == ".py"
+        assert content["banner"].startswith("Python ") and "remote session" in content["banner"]
+        links = content["help_links"]
+        assert links and all(set(link) == {"text", "url"} for link in links)
+        assert "Python Reference" in [link["text"] for link in links]
+        assert content["implementation"] == "remote_kernel"
+        assert "debugger" not in content.get("supported_features", [])
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
-from remote_kernel import config, kernelspec
+from remote_kernel import credentials, kernelspec
 from remote_kernel.cli import main
 from remote_kernel.errors import ConfigurationError
 
@@ -241,7 +241,7 @@ def test_secret_goes_to_0600_file_never_kernel_json(jupyter_env, monkeypatch, ca
     assert "AKIATESTKEY" not in (spec_dir / "kernel.json").read_text()
 
     cred = jupyter_env / "config" / "remote-kernel" / "credentials.json"
-    assert config.credentials_path() == cred
+    assert credentials.credentials_path() == cred
     assert str(cred) in out and "0600" in out
     assert stat.S_IMODE(cred.stat().st_mode) == 0o600
     assert stat.S_IMODE(cred.parent.stat().st_mode) == 0o700
@@ -250,10 +250,10 @@ def test_secret_goes_to_0600_file_never_kernel_json(jupyter_env, monkeypatch, ca
         "access_key": "AKIATESTKEY",
         "secret_key": "very-secret-value-123",
     }
-    assert config.load_credentials("http://127.0.0.1:8091") == expected
-    assert config.load_credentials("http://127.0.0.1:8091/") == expected
-    assert config.load_credentials() == expected
-    assert config.load_credentials("http://elsewhere:1") is None
+    assert credentials.load_credentials("http://127.0.0.1:8091") == expected
+    assert credentials.load_credentials("http://127.0.0.1:8091/") == expected
+    assert credentials.load_credentials() == expected
+    assert credentials.load_credentials("http://elsewhere:1") is None
 
 
 def test_access_key_flag_without_secret_fails_headless(jupyter_env, monkeypatch, capsys):
@@ -329,16 +329,16 @@ def test_prefix_and_sys_prefix_conflict(jupyter_env, capsys):
 
 
 def test_credentials_roundtrip_and_lookup(jupyter_env):
-    assert config.load_credentials() is None
-    config.save_credentials("http://a:1", "AK1", "SK1")
-    config.save_credentials(None, "AK0", "SK0")  # for any endpoint, and now the default
-    config.save_credentials("http://b:2/", "AK2", "SK2")
-    assert config.load_credentials("http://a:1")["secret_key"] == "SK1"
-    assert config.load_credentials("http://b:2")["access_key"] == "AK2"
-    assert config.load_credentials()["access_key"] == "AK2"  # the last saved is the default
-    fallback = config.load_credentials("http://c:3")
+    assert credentials.load_credentials() is None
+    credentials.save_credentials("http://a:1", "AK1", "SK1")
+    credentials.save_credentials(None, "AK0", "SK0")  # for any endpoint, and now the default
+    credentials.save_credentials("http://b:2/", "AK2", "SK2")
+    assert credentials.load_credentials("http://a:1")["secret_key"] == "SK1"
+    assert credentials.load_credentials("http://b:2")["access_key"] == "AK2"
+    assert credentials.load_credentials()["access_key"] == "AK2"  # the last saved is the default
+    fallback = credentials.load_credentials("http://c:3")
     assert fallback == {"endpoint": "http://c:3", "access_key": "AK0", "secret_key": "SK0"}
-    path = config.credentials_path()
+    path = credentials.credentials_path()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["credentials.json"]  # no temp files left
 
@@ -346,10 +346,10 @@ def test_credentials_roundtrip_and_lookup(jupyter_env):
 def test_credentials_path_override_and_bad_file(jupyter_env, monkeypatch):
     target = jupyter_env / "elsewhere" / "creds.json"
     monkeypatch.setenv("REMOTE_KERNEL_CREDENTIALS", str(target))
-    assert config.credentials_path() == target
+    assert credentials.credentials_path() == target
     target.parent.mkdir()
     target.write_text("{not json")
     with pytest.raises(ConfigurationError, match=r"creds\.json is not valid JSON"):
-        config.load_credentials()
+        credentials.load_credentials()
     with pytest.raises(ConfigurationError):
-        config.save_credentials("http://a:1", "AK", "")
+        credentials.save_credentials("http://a:1", "AK", "")

@@ -18,7 +18,14 @@ HEAVY = ("aiohttp", "zmq", "ipykernel", "jupyter_client", "tornado")
         ("remote_kernel.auth", HEAVY),
         ("remote_kernel.protocol", HEAVY),
         ("remote_kernel.iopub", HEAVY),
+        ("remote_kernel.frames", HEAVY),
+        ("remote_kernel.runloop", HEAVY),
+        ("remote_kernel.credentials", HEAVY),
+        ("remote_kernel.proxy.replies", HEAVY),
+        ("remote_kernel.proxy.history", HEAVY),
         ("remote_kernel.client", ("remote_kernel.server", "ipykernel", "zmq")),
+        ("remote_kernel.proxy.channel", ("remote_kernel.server", "ipykernel", "zmq")),
+        ("remote_kernel.server.app", ("remote_kernel.proxy", "ipykernel")),
     ],
 )
 def test_imports_flow_one_way(module: str, forbidden: tuple[str, ...]) -> None:

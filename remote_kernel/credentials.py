@@ -1,8 +1,10 @@
-"""User credentials for remote endpoints, kept out of ``kernel.json``.
+"""Credentials: which server to reach and with which keypair, kept out of ``kernel.json``.
 
-A secret key is never written into a kernelspec. The kernel takes its keypair from the environment
-(``BACKEND_ACCESS_KEY`` / ``BACKEND_SECRET_KEY``) or from one user-scoped JSON file, readable by
-its owner only (mode ``0600`` in a ``0700`` directory)::
+A secret key is never written into a kernelspec. :func:`resolve_credentials` takes the endpoint
+and keypair from the Backend.AI SDK's environment variables (``BACKEND_ENDPOINT``,
+``BACKEND_ACCESS_KEY``, ``BACKEND_SECRET_KEY``) or else from one user-scoped JSON file, readable
+by its owner only (mode ``0600`` in a ``0700`` directory), which ``remote-kernel install``
+writes::
 
     $XDG_CONFIG_HOME/remote-kernel/credentials.json     (default ~/.config/remote-kernel/...)
     %APPDATA%\\remote-kernel\\credentials.json            (Windows)
@@ -22,11 +24,16 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
 
+ENV_ENDPOINT = "BACKEND_ENDPOINT"
+ENV_ACCESS_KEY = "BACKEND_ACCESS_KEY"
+ENV_SECRET_KEY = "BACKEND_SECRET_KEY"
 CREDENTIALS_ENV = "REMOTE_KERNEL_CREDENTIALS"
 ANY_ENDPOINT = ""  # the key of credentials saved without an endpoint: used for any endpoint
 
@@ -130,3 +137,38 @@ def load_credentials(endpoint: str | None = None) -> dict[str, str] | None:
                 "secret_key": entry["secret_key"],
             }
     return None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where to connect and with which keypair; ``repr`` never shows the secret."""
+
+    endpoint: str = ""
+    access_key: str = ""
+    secret_key: str = field(default="", repr=False)
+    source: str = ""
+
+
+def resolve_credentials(
+    endpoint: str | None = None, environ: Mapping[str, str] | None = None
+) -> Credentials:
+    """The endpoint and keypair: the SDK's environment variables, else the user's saved file.
+
+    ``BACKEND_ENDPOINT``, ``BACKEND_ACCESS_KEY`` and ``BACKEND_SECRET_KEY`` win. Without an
+    access key in the environment, the keypair saved for the endpoint (or the default one) in
+    the credentials file is used. Missing values are empty strings: an empty access key means
+    anonymous, unsigned requests.
+    """
+    env = os.environ if environ is None else environ
+    endpoint = endpoint or env.get(ENV_ENDPOINT) or ""
+    access = env.get(ENV_ACCESS_KEY) or ""
+    secret = env.get(ENV_SECRET_KEY) or ""
+    if access:
+        return Credentials(endpoint, access, secret, "environment")
+    saved = load_credentials(endpoint or None)
+    if saved is None:
+        return Credentials(endpoint, "", "", "")
+    return Credentials(
+        endpoint or saved["endpoint"], saved["access_key"], saved["secret_key"],
+        str(credentials_path()),
+    )  # fmt: skip

@@ -1,4 +1,4 @@
-"""``RemoteKernelApp``: ``IPKernelApp`` running :class:`~remote_kernel.kernel.RemoteKernel`.
+"""``RemoteKernelApp``: ``IPKernelApp`` running :class:`~remote_kernel.proxy.kernel.RemoteKernel`.
 
 Besides the IPython profile files every ``IPKernelApp`` reads, it loads a Jupyter-style
 ``jupyter_remote_kernel_config.{py,json}`` from the Jupyter config path (notes §7), so

@@ -1,0 +1,412 @@
+"""``RemoteKernel``: an ipykernel ``Kernel`` whose cells run in a remote compute session.
+
+This module holds the kernel's settings (traits) and its ``do_*`` hooks, and wires the parts:
+:class:`~remote_kernel.proxy.session.RemoteSession` (``self.remote``: the session's life and
+transport; ``self.session`` stays ipykernel's Jupyter message session),
+:class:`~remote_kernel.proxy.cell.CellRun` (one cell), :mod:`~remote_kernel.proxy.stdin`,
+:mod:`~remote_kernel.proxy.replies` (reply shaping) and
+:class:`~remote_kernel.proxy.history.CellHistory`.
+
+Threads (ipykernel 7, jupyter-kernel-notes §1.5): shell handlers (``do_execute``,
+``do_complete``...) run on the main thread's asyncio loop, which owns the session, its client and
+its push channel; ``interrupt_request`` and ``do_shutdown`` run on the Control thread with its
+own loop, and reach the main loop only through thread-safe calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import uuid
+from typing import Any
+
+from ipykernel.kernelbase import Kernel
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, Unicode, default
+
+from .._version import __version__
+from ..client import RunLoopClient
+from ..credentials import (
+    ENV_ACCESS_KEY,
+    ENV_ENDPOINT,
+    ENV_SECRET_KEY,
+    Credentials,
+    resolve_credentials,
+)
+from ..errors import ConfigurationError, RemoteKernelError
+from . import replies, stdin
+from .cell import CellRun
+from .history import CellHistory
+from .session import RemoteSession, SessionSpec
+
+__all__ = ["RemoteKernel"]
+
+
+class RemoteKernel(Kernel):
+    """A Jupyter kernel whose cells run in a remote compute session (Backend.AI run-loop API)."""
+
+    implementation = "remote_kernel"
+    implementation_version = __version__
+    banner = "Remote kernel: cells run in a remote compute session."
+
+    # -- configuration ---------------------------------------------------------------------------
+    endpoint = Unicode(
+        help=f"URL of the run-loop server (Backend.AI API). Environment: {ENV_ENDPOINT}."
+    ).tag(config=True)
+    access_key = Unicode(
+        help=f"Access key (empty: anonymous). Environment: {ENV_ACCESS_KEY}; otherwise the "
+        "keypair saved by `remote-kernel install` in the user's 0600 credentials file. "
+        "Never put it in kernel.json."
+    ).tag(config=True)
+    secret_key = Unicode(
+        help=f"Secret key. Environment: {ENV_SECRET_KEY}; otherwise the user's 0600 "
+        "credentials file. Never put it in kernel.json."
+    ).tag(config=True)
+    image = Unicode(
+        help="Image (kernel environment) of the remote session. Environment: REMOTE_KERNEL_IMAGE."
+    ).tag(config=True)
+    resources = Dict(help="Resources requested for the session, e.g. {'cpu': 1, 'mem': '1g'}.").tag(
+        config=True
+    )
+    environ = Dict(help="Environment variables set in the remote session.").tag(config=True)
+    session_name = Unicode(
+        help="Name of the remote session (default: unique per kernel process). "
+        "Environment: REMOTE_KERNEL_SESSION_NAME."
+    ).tag(config=True)
+    startup_timeout = Float(
+        120.0, help="Seconds to wait for the remote session to start (maxWaitSeconds)."
+    ).tag(config=True)
+    connect_timeout = Float(5.0, help="Seconds to wait for a connection to the server.").tag(
+        config=True
+    )
+    poll_timeout = Float(
+        60.0, help="Seconds to wait for one run-loop response (the server holds polls ≤ 2 s)."
+    ).tag(config=True)
+    retries = Int(3, help="Retries of a request after a transport error (never HTTP errors).").tag(
+        config=True
+    )
+    interrupt_grace = Float(
+        5.0,
+        help="Seconds an interrupted run may take to end on its own (drained) before the cell "
+        "is ended locally with KeyboardInterrupt.",
+    ).tag(config=True)
+    shutdown_timeout = Float(
+        2.0, help="Seconds allowed to destroy the remote session at shutdown or restart."
+    ).tag(config=True)
+    heartbeat_interval = Float(
+        30.0,
+        help="Seconds between keep-alive checks of an idle session (0 disables). A session "
+        "found gone is replaced on the next cell.",
+    ).tag(config=True)
+    use_extensions = Bool(
+        True, help="Use the remote_kernel protocol extensions when the server offers them."
+    ).tag(config=True)
+    transport = CaselessStrEnum(
+        ["auto", "polling"],
+        "auto",
+        help="How runs travel: 'auto' uses the server's push channel (one WebSocket per "
+        "session) when offered and reachable, else HTTP polling; 'polling' always polls.",
+    ).tag(config=True)
+    kernel_info_wait = Float(
+        10.0,
+        help="Seconds a kernel_info request may wait for the remote session, so that the "
+        "frontend learns the remote language version and banner.",
+    ).tag(config=True)
+
+    @default("endpoint")
+    def _endpoint_default(self) -> str:
+        return self._credentials().endpoint
+
+    @default("access_key")
+    def _access_key_default(self) -> str:
+        return self._credentials().access_key
+
+    @default("secret_key")
+    def _secret_key_default(self) -> str:
+        return self._credentials().secret_key
+
+    @default("image")
+    def _image_default(self) -> str:
+        return os.environ.get("REMOTE_KERNEL_IMAGE", "python:3")
+
+    @default("session_name")
+    def _session_name_default(self) -> str:
+        return os.environ.get("REMOTE_KERNEL_SESSION_NAME") or f"rk-{uuid.uuid4().hex[:16]}"
+
+    _creds: Credentials | None = None
+    _config_error: ConfigurationError | None = None
+
+    def _credentials(self) -> Credentials:
+        if self._creds is None:
+            try:
+                self._creds = resolve_credentials(self._trait_values.get("endpoint") or None)
+            except ConfigurationError as exc:
+                self._config_error = exc
+                self._creds = Credentials()
+        return self._creds
+
+    # -- state -------------------------------------------------------------------------------------
+    def __init__(self, **kwargs: Any) -> None:
+        self._creds = None
+        self._config_error = None
+        super().__init__(**kwargs)
+        self.language_info = dict(replies.PYTHON_LANGUAGE_INFO)
+        self.counter = replies.ExecutionCounter()
+        self.history = CellHistory()
+        self._client: RunLoopClient | None = None
+        self._main_loop: asyncio.AbstractEventLoop | None = None
+        self.remote = RemoteSession(
+            SessionSpec(
+                image=self.image, name=self.session_name, resources=dict(self.resources),
+                environ={str(k): str(v) for k, v in self.environ.items()},
+                startup_timeout=self.startup_timeout, shutdown_timeout=self.shutdown_timeout,
+                transport=self.transport,
+            ),
+            self._main_client,
+        )  # fmt: skip
+        self._cell: CellRun | None = None
+        self._drain_task: asyncio.Future[Any] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+
+    # ipykernel increments execution_count before do_execute; the remote decides it instead.
+    @property  # type: ignore[override]
+    def execution_count(self) -> int:
+        return self.counter.next
+
+    @execution_count.setter
+    def execution_count(self, value: int) -> None:
+        pass
+
+    @property
+    def kernel_info(self) -> dict[str, Any]:
+        info = super().kernel_info
+        info["supported_features"] = [
+            f for f in info.get("supported_features", []) if f not in replies.UNSUPPORTED_FEATURES
+        ]
+        return info
+
+    async def kernel_info_request(self, socket: Any, ident: Any, parent: Any) -> None:
+        """Answer with the remote's language and banner: wait (bounded) for the session."""
+        deadline = asyncio.get_running_loop().time() + self.kernel_info_wait
+        task = self.remote.creating
+        while task is not None and not task.done():
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        await super().kernel_info_request(socket, ident, parent)
+
+    async def create_subshell_request(self, socket: Any, ident: Any, parent: Any) -> None:
+        content = {
+            "status": "error",
+            "ename": "NotImplementedError",
+            "evalue": "remote_kernel does not support kernel subshells",
+            "traceback": [],
+        }
+        assert self.session is not None
+        self.session.send(socket, "create_subshell_reply", content, parent, ident)
+
+    # SIGINT: keep it ignored while handlers run; do_execute installs its own loop handler.
+    def pre_handler_hook(self) -> None:
+        self.saved_sigint_handler = signal.getsignal(signal.SIGINT)
+
+    def post_handler_hook(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self.saved_sigint_handler)
+
+    # -- start-up: the session is created in the background -------------------------------------
+    def start(self) -> None:
+        super().start()
+        self.io_loop.add_callback(self._begin)
+
+    def _begin(self) -> None:
+        self._main_loop = asyncio.get_running_loop()
+        self.remote.start().add_done_callback(self._adopt_kernel_info)
+        if self.heartbeat_interval > 0:
+            beat = self.remote.heartbeat_forever(self.heartbeat_interval, self._busy)
+            self._heartbeat_task = asyncio.ensure_future(beat)
+
+    def _busy(self) -> bool:
+        return self._cell is not None
+
+    def _adopt_kernel_info(self, task: asyncio.Task[str]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        for name, value in replies.kernel_info_fields(
+            self.remote.kernel_info, self.session_name
+        ).items():
+            setattr(self, name, value)
+
+    def _new_client(self, **kw: Any) -> RunLoopClient:
+        if self._config_error is not None:
+            raise self._config_error
+        settings: dict[str, Any] = {
+            "connect_timeout": self.connect_timeout,
+            "request_timeout": self.poll_timeout,
+            "retries": self.retries,
+            "use_extensions": self.use_extensions,
+            **kw,
+        }
+        return RunLoopClient(self.endpoint or None, self.access_key, self.secret_key, **settings)
+
+    def _main_client(self) -> RunLoopClient:
+        if self._client is None:
+            self._client = self._new_client()
+        return self._client
+
+    # -- CellHost ----------------------------------------------------------------------------------
+    def publish(self, msg_type: str, content: dict[str, Any]) -> None:
+        self.send_response(self.iopub_socket, msg_type, content)
+
+    def ask(self, prompt: str, password: bool) -> Any:
+        return stdin.ask(self, prompt, password)
+
+    def remember(self, count: Any, code: str) -> None:
+        if isinstance(count, int):
+            self.history.add(self.remote.generation or 1, count, code)
+
+    # -- execute -----------------------------------------------------------------------------------
+    async def do_execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict[str, Any] | None = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: dict[str, Any] | None = None,
+        cell_id: str | None = None,
+    ) -> dict[str, Any]:
+        self._allow_stdin = allow_stdin  # the base class never sets it
+        loop = asyncio.get_running_loop()
+        self._main_loop = loop
+        options = {
+            "silent": silent,
+            "store_history": store_history and not silent,
+            "user_expressions": user_expressions or {},
+            "allow_stdin": allow_stdin,
+            "stop_on_error": True,
+        }
+        cell = CellRun(self, code, silent, store_history and not silent, allow_stdin, options)
+        cell.on_detach = self._detached
+        self._cell = cell
+        on_main = threading.current_thread() is threading.main_thread()
+        if on_main:
+            loop.add_signal_handler(signal.SIGINT, cell.interrupted.set)
+        try:
+            if self._drain_task is not None and not self._drain_task.done():
+                await asyncio.wait({self._drain_task}, timeout=self.interrupt_grace)
+            if self._config_error is not None:
+                return cell.local_error(type(self._config_error).__name__, str(self._config_error))
+            return await cell.execute()
+        finally:
+            if on_main:
+                loop.remove_signal_handler(signal.SIGINT)
+            self._cell = None
+
+    def _detached(self, work: asyncio.Future[Any]) -> None:
+        self._drain_task = work
+
+    # -- interrupt (Control thread in message mode) ------------------------------------------------
+    async def interrupt_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        cell, loop = self._cell, self._main_loop
+        if cell is not None and loop is not None:  # an idle interrupt is a no-op
+            forwarding = asyncio.run_coroutine_threadsafe(cell.forward_interrupt(), loop)
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(forwarding), 10)
+            except Exception as exc:
+                self.log.warning("could not forward the interrupt: %s", exc)
+            # forwarded first, so an interrupted prompt never answers before the interrupt lands
+            loop.call_soon_threadsafe(cell.forwarded.set)
+            loop.call_soon_threadsafe(cell.interrupted.set)
+        assert self.session is not None
+        self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
+
+    # -- shutdown (Control thread) -----------------------------------------------------------------
+    async def do_shutdown(self, restart: bool) -> dict[str, Any]:
+        self.remote.shutting_down = True
+        loop = self._main_loop
+        if self._heartbeat_task is not None and loop is not None:
+            loop.call_soon_threadsafe(self._heartbeat_task.cancel)
+        try:
+            api_version = self._client.api_version if self._client is not None else None
+            async with self._new_client(api_version=api_version, retries=0) as client:
+                await self.remote.destroy(client)
+        except Exception as exc:
+            self.log.warning("could not destroy the remote session: %s", exc)
+        if loop is not None and loop.is_running():
+            closing = asyncio.run_coroutine_threadsafe(self._close_on_main_loop(), loop)
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(closing), 1.0)
+            except Exception:
+                pass
+        return {"status": "ok", "restart": restart}
+
+    async def _close_on_main_loop(self) -> None:
+        await self.remote.close_channel()
+        if self._client is not None:
+            await self._client.aclose()
+
+    # -- completion, inspection, is_complete -------------------------------------------------------
+    async def _idle_session(self) -> str | None:
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.remote.start()), 10)
+        except (RemoteKernelError, asyncio.TimeoutError) as exc:
+            self.log.info("no remote session for an introspection request: %s", exc)
+            return None
+
+    async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:
+        sid = await self._idle_session()
+        if sid is None:
+            return replies.empty_complete(code, cursor_pos)
+        pos = len(code) if cursor_pos is None else cursor_pos
+        try:
+            result = await self._main_client().complete(sid, code, pos)
+        except (RemoteKernelError, asyncio.TimeoutError) as exc:
+            self.log.info("completion failed: %s", exc)
+            return replies.empty_complete(code, cursor_pos)
+        return replies.complete_reply(result, code, cursor_pos)
+
+    async def do_inspect(
+        self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()
+    ) -> dict[str, Any]:
+        sid = await self._idle_session()
+        if sid is None:
+            return dict(replies.EMPTY_INSPECT)
+        try:
+            result = await self._main_client().inspect(sid, code, cursor_pos, detail_level)
+        except (RemoteKernelError, asyncio.TimeoutError) as exc:
+            self.log.info("inspection failed: %s", exc)
+            return dict(replies.EMPTY_INSPECT)
+        return replies.inspect_reply(result)
+
+    async def do_is_complete(self, code: str) -> dict[str, Any]:
+        sid = await self._idle_session()
+        if sid is None:
+            return {"status": "unknown"}
+        try:
+            result = await self._main_client().is_complete(sid, code)
+        except (RemoteKernelError, asyncio.TimeoutError) as exc:
+            self.log.info("is_complete failed: %s", exc)
+            return {"status": "unknown"}
+        return replies.is_complete_reply(result)
+
+    # -- history (local: the cells this kernel ran) ------------------------------------------------
+    async def do_history(
+        self,
+        hist_access_type: str,
+        output: bool,
+        raw: bool,
+        session: int | None = None,
+        start: int | None = None,
+        stop: int | None = None,
+        n: int | None = None,
+        pattern: str | None = None,
+        unique: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        history = self.history.query(
+            hist_access_type, current=self.remote.generation or 1, output=output,
+            session=session, start=start, stop=stop, n=n, pattern=pattern, unique=unique,
+        )  # fmt: skip
+        return {"status": "ok", "history": history}

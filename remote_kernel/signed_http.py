@@ -1,0 +1,302 @@
+"""``SignedHTTP``: one server's HTTP layer: Backend.AI signing, JSON, problem+json, retries.
+
+The layer under :class:`~remote_kernel.client.RunLoopClient` (house style: one concern per
+layer)::
+
+    request()          signing, JSON, problem+json → errors.py, bounded retries
+      └── _send_once() one aiohttp call; every aiohttp error → TransportError, here only
+
+Retries happen on transport errors only (connect errors, dropped connections, timeouts), never
+on an HTTP error, and a request that may have reached the server only when the caller says it is
+idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+from yarl import URL
+
+from . import protocol as p
+from .auth import Keypair, sign_headers
+from .credentials import resolve_credentials
+from .errors import ConfigurationError, ProtocolError, TransportError, error_from_problem
+
+log = logging.getLogger("remote_kernel.client")
+_S = TypeVar("_S", bound="SignedHTTP")
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:8090"  # `remote-kernel serve`'s default port
+
+#: Bodyless requests are sent and signed with this content type, like the Backend.AI SDK.
+BODYLESS_CONTENT_TYPE = "text/plain"
+JSON_CONTENT_TYPE = "application/json"
+
+_UNREACHABLE = (
+    "could not reach {endpoint}: {reason}. Is `remote-kernel serve` running? "
+    "Set BACKEND_ENDPOINT to change the address."
+)
+_DROPPED = (
+    "the connection to {endpoint} was lost during {what}: {reason}. "
+    "Is `remote-kernel serve` still running? Set BACKEND_ENDPOINT to change the address."
+)
+_TIMEOUT = (
+    "{endpoint} did not answer {what} within {timeout:g} s. The server may be overloaded or hung; "
+    "check it, or raise the timeout."
+)
+
+
+class SignedHTTP:
+    """Signed requests to one server; the base of :class:`~remote_kernel.client.RunLoopClient`.
+
+    Arguments left as ``None`` come from :func:`resolve_credentials` (environment, then file).
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        *,
+        api_version: str | None = None,
+        connect_timeout: float = 5.0,
+        request_timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        retry_budget: float = 10.0,
+        use_extensions: bool = True,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if endpoint is None or access_key is None or secret_key is None:
+            creds = resolve_credentials(endpoint)
+            endpoint = endpoint if endpoint is not None else creds.endpoint
+            access_key = access_key if access_key is not None else creds.access_key
+            secret_key = secret_key if secret_key is not None else creds.secret_key
+        endpoint = (endpoint or DEFAULT_ENDPOINT).strip().rstrip("/")
+        url = URL(endpoint)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigurationError(
+                f"BACKEND_ENDPOINT must be an http(s) URL such as {DEFAULT_ENDPOINT}; "
+                f"got {endpoint!r}."
+            )
+        if access_key and not secret_key:
+            raise ConfigurationError(
+                "BACKEND_ACCESS_KEY is set but BACKEND_SECRET_KEY is empty; set both "
+                "(from `remote-kernel keys create`) or neither for anonymous access."
+            )
+        self.endpoint = endpoint
+        self._base = url
+        self._keypair = Keypair(access_key, secret_key or "") if access_key else None
+        self._pinned_version = api_version
+        self.api_version = api_version or p.API_VERSION
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.retry_budget = retry_budget
+        self.use_extensions = use_extensions
+        self._session = session
+        self._owns_session = session is None
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def __aenter__(self: _S) -> _S:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._session is not None and self._owns_session and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("RunLoopClient is closed; create a new one.")
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=self.connect_timeout, sock_connect=self.connect_timeout
+                ),
+                raise_for_status=False,
+            )
+            self._owns_session = True
+        return self._session
+
+    @property
+    def anonymous(self) -> bool:
+        return self._keypair is None
+
+    # -- transport ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _map_transport_errors(self, what: str, timeout: float) -> Iterator[None]:
+        """The one place aiohttp errors become :class:`TransportError` (with ``.request_sent``)."""
+        try:
+            yield
+        except aiohttp.ConnectionTimeoutError as exc:
+            reason = f"no connection within {self.connect_timeout:g} s"
+            err = TransportError(_UNREACHABLE.format(endpoint=self.endpoint, reason=reason))
+            err.request_sent = False  # type: ignore[attr-defined]
+            raise err from exc
+        except aiohttp.ClientConnectorError as exc:
+            reason = _reason(exc.os_error) if exc.os_error else str(exc)
+            err = TransportError(_UNREACHABLE.format(endpoint=self.endpoint, reason=reason))
+            err.request_sent = False  # type: ignore[attr-defined]
+            raise err from exc
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            err = TransportError(
+                _TIMEOUT.format(endpoint=self.endpoint, what=what, timeout=timeout)
+            )
+            err.request_sent = True  # type: ignore[attr-defined]
+            raise err from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            reason = _reason(exc)
+            err = TransportError(_DROPPED.format(endpoint=self.endpoint, what=what, reason=reason))
+            err.request_sent = True  # type: ignore[attr-defined]
+            raise err from exc
+
+    def _headers(self, method: str, url: URL, content_type: str) -> dict[str, str]:
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        if self._keypair is None:
+            headers["X-BackendAI-Version"] = self.api_version
+            return headers
+        host = url.host_port_subcomponent or ""
+        headers.update(
+            sign_headers(
+                self._keypair,
+                method=method,
+                path_qs=url.raw_path_qs,
+                host=host,
+                content_type=content_type,
+                version=self.api_version,
+            )
+        )
+        return headers
+
+    def _url(self, path: str, params: dict[str, str] | None = None) -> URL:
+        base_path = self._base.raw_path.rstrip("/")
+        url = self._base.with_path(base_path + path, encoded=True)
+        return url.with_query(params) if params else url
+
+    async def _send_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        signed: bool = True,
+        timeout: float | None = None,
+    ) -> Any:
+        url = self._url(path, params)
+        data: bytes | None = None
+        if body is not None:
+            content_type = JSON_CONTENT_TYPE
+            data = json.dumps(body).encode()
+        else:
+            content_type = BODYLESS_CONTENT_TYPE
+        if signed:
+            headers = self._headers(method, url, content_type)
+        else:
+            headers = {"Content-Type": content_type, "Accept": "application/json"}
+        limit = timeout if timeout is not None else self.request_timeout
+        what = f"{method} {url.raw_path}"
+        with self._map_transport_errors(what, limit):
+            async with self._http().request(
+                method,
+                url,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=self.connect_timeout,
+                    sock_connect=self.connect_timeout,
+                    sock_read=limit,
+                ),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        parsed: Any = None
+        if raw:
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+        if status >= 400:
+            problem = parsed if isinstance(parsed, dict) else raw.decode("utf-8", "replace")
+            raise error_from_problem(status, problem)
+        if raw and parsed is None:
+            raise ProtocolError(
+                f"{what} answered {status} with a body that is not JSON: "
+                f"{raw[:200].decode('utf-8', 'replace')}"
+            )
+        return parsed
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        signed: bool = True,
+        timeout: float | None = None,
+        idempotent: bool = True,
+        retries: int | None = None,
+    ) -> Any:
+        """One API call with bounded retries on transport errors (never on HTTP errors).
+
+        A non-idempotent request is retried only when it surely never reached the server; no
+        retry starts once ``retry_budget`` seconds have passed, so a dead server is reported
+        within seconds.
+        """
+        attempts = 1 + (self.retries if retries is None else retries)
+        started = time.monotonic()
+        for attempt in range(attempts):
+            try:
+                return await self._send_once(
+                    method, path, body=body, params=params, signed=signed, timeout=timeout
+                )
+            except TransportError as exc:
+                sent = getattr(exc, "request_sent", True)
+                delay = min(self.backoff * (2**attempt), 2.0)
+                over_budget = time.monotonic() - started + delay > self.retry_budget
+                if attempt + 1 >= attempts or (sent and not idempotent) or over_budget:
+                    raise
+                log.info("retrying %s %s in %.2fs after: %s", method, path, delay, exc)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def websocket(self, path: str, *, heartbeat: float) -> aiohttp.ClientWebSocketResponse:
+        """A signed WebSocket connection to ``path``; errors as for :meth:`request`."""
+        url = self._url(path)
+        headers = self._headers("GET", url, BODYLESS_CONTENT_TYPE)
+        with self._map_transport_errors(f"GET {url.raw_path}", self.connect_timeout):
+            return await self._http().ws_connect(
+                url, headers=headers, heartbeat=heartbeat, autoping=True,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                max_msg_size=0,
+            )  # fmt: skip
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        text = os.strerror(exc.errno) if exc.errno else (exc.strerror or "")
+        if text:
+            return text[0].lower() + text[1:]
+    return str(exc) or type(exc).__name__
