@@ -18,6 +18,13 @@ alike. Options:
 * ``handshake``: also make each new connection wait one round trip (``2 * delay``) before
   anything flows, as a TCP handshake over such a link would; off by default. Keep-alive clients
   pay it once per connection, clients that connect per request pay it every time.
+* ``per_read``: draw the abort decision anew for every chunk the relay reads (about one request,
+  one response or one burst of WebSocket frames; probability ``abort_rate / 2`` per chunk in each
+  direction, cut at a random byte inside it), instead of once per connection: long-lived
+  keep-alive connections and WebSockets then keep meeting faults, as requests over a flaky link
+  do, and a large response is still delivered nine times in ten.
+* ``block_websocket``: reset every connection that asks for a WebSocket upgrade, as some
+  corporate proxies do (HTTP requests pass).
 * ``seed``: for reproducible abort decisions (drawn in accept order).
 
 Counters: ``connections`` (accepted) and ``aborted`` (injected aborts).
@@ -118,9 +125,21 @@ class _Direction:
                 self._push(loop.time() + relay.delay, _ABORT)
                 return
             deadline = loop.time() + relay.delay
+            if relay.block_websocket and self is self.conn.up and b"upgrade: websocket" in (
+                data.lower()
+            ):
+                self.conn.relay.blocked += 1
+                self._push(deadline, _ABORT)
+                return
             if not data:
                 self._push(deadline, _ABORT if self.abort_at is not None else _EOF)
                 return
+            if (
+                relay.per_read
+                and self.abort_at is None
+                and relay._rng.random() < relay.abort_rate / 2
+            ):
+                self.abort_at = self.count + relay._rng.randint(1, len(data))
             if self.abort_at is not None and self.count + len(data) >= self.abort_at:
                 keep = self.abort_at - 1 - self.count
                 if keep > 0:
@@ -221,6 +240,8 @@ class _Connection:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(BaseException):
+                await both_done  # retrieve its CancelledError (else asyncio logs it)
             self.close()
 
 
@@ -237,6 +258,8 @@ class Relay:
         seed: int | None = None,
         abort_window: int = 4096,
         handshake: bool = False,
+        per_read: bool = False,
+        block_websocket: bool = False,
         host: str = "127.0.0.1",
     ) -> None:
         if delay < 0:
@@ -251,6 +274,9 @@ class Relay:
         self.abort_rate = abort_rate
         self.abort_window = abort_window
         self.handshake = handshake
+        self.per_read = per_read
+        self.block_websocket = block_websocket
+        self.blocked = 0
         self.host = host
         self.connections = 0
         self.aborted = 0

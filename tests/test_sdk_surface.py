@@ -16,11 +16,13 @@ Same harness as ``tests/test_sdk.py``: every scenario runs in the SDK's own cach
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .conftest import ServerProcess, start_server
 from .test_sdk import Sdk, non_continued, plain, run_scenario
 from .test_sdk import sdk as sdk  # the same parametrized fixture (one venv per SDK version)
 
@@ -29,6 +31,19 @@ pytestmark = [pytest.mark.sdk, pytest.mark.slow, pytest.mark.timeout(300)]
 # What tests/sdk/scenarios.py uploads (MYCODE, INPUT_TXT) and what mycode.py prints and writes.
 INPUT_SIZE = len(b"forty two\n")
 BATCH_STDOUT = "args: arg1 arg2\ndata: forty two\n"
+# An IPython startup file for the kernels of ``slow_finish_server``: after every cell, send the
+# cell's output, then wait before the kernel replies. A run's output and its end then always come
+# back in two responses (``continued`` with the output, then ``finished``): the split that a busy
+# machine makes happen now and then (the server waits ``poll_coalesce``, 5 ms, for the end).
+SLOW_FINISH_STARTUP = """
+import sys, time
+
+def _send_output_then_wait(result):
+    sys.stdout.flush()
+    time.sleep(0.5)
+
+get_ipython().events.register("post_run_cell", _send_output_then_wait)
+"""
 
 
 @pytest.fixture
@@ -37,6 +52,20 @@ def run(sdk: Sdk, server: Any, tmp_path: Path):
         return run_scenario(sdk, server, scenario, tmp_path)
 
     return _run
+
+
+@pytest.fixture(scope="module")
+def slow_finish_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Like ``server``, but its kernels answer 0.5 s after sending a cell's output."""
+    base = tmp_path_factory.mktemp("slow-finish")
+    startup = base / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-slow-finish.py").write_text(SLOW_FINISH_STARTUP)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IPYTHONDIR", str(base / "ipython"))  # the server's kernels inherit it
+        srv = start_server(base, keys=2)
+    yield srv
+    srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +136,19 @@ def test_download_file_the_session_wrote(batch_files):
 
 # -- streams (AsyncSession only) -----------------------------------------------------------------
 def test_stream_execute_answers_input_over_the_socket(run):
-    out = run("stream_execute_input")
+    check_stream_execute_input(run("stream_execute_input"))
+
+
+def test_stream_execute_input_when_output_and_end_come_apart(sdk, slow_finish_server, tmp_path):
+    """The same, with each run's output and its end in separate responses, every time."""
+    out = run_scenario(sdk, slow_finish_server, "stream_execute_input", tmp_path)
+    statuses = [f["status"] for f in out["frames"]]
+    assert statuses == ["waiting-input", "continued", "finished"]  # the split did happen
+    check_stream_execute_input(out)
+    assert out["after"]["statuses"] == ["continued", "finished"]  # and in the follow-up run
+
+
+def check_stream_execute_input(out: dict[str, Any]) -> None:
     frames = out["frames"]
     assert all(isinstance(frame, dict) for frame in frames), frames  # no close/error frame
     assert non_continued([f["status"] for f in frames]) == ["waiting-input", "finished"]

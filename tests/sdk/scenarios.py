@@ -553,11 +553,17 @@ def stream_execute_input(name: str) -> dict[str, Any]:
 
                     await asyncio.wait_for(collect(), 60)
                     closed = ws.closed
+                # The run loop: output may come with any ``continued`` before ``finished``, so
+                # keep every response's records (as run_loop does), not just the last one's.
                 after = await compute.execute(None, "print(name)", mode="query")
+                statuses, console = [after["status"]], list(after.get("console") or [])
                 while after["status"] not in TERMINAL:
                     after = await compute.execute(after["runId"], "", mode="continue")
+                    statuses.append(after["status"])
+                    console += after.get("console") or []
             finally:
                 await compute.destroy()
+        after = {**after, "statuses": statuses, "console": console}
         return {"frames": frames, "closed": closed, "after": after}
 
     return asyncio.run(main())
