@@ -46,6 +46,7 @@ class _Follow:
     inbox: asyncio.Queue[frames.ServerFrame | BaseException] = field(
         default_factory=asyncio.Queue
     )
+    ack: dict[str, Any] | None = None  # sent when the kernel asks for the next update
 
 
 class ChannelTransport:
@@ -210,6 +211,9 @@ class ChannelTransport:
             follow = self._follows[state.run_id] = _Follow(state)
             if not await self._send(state.run_frame()):
                 self._start_reconnect()  # the reconnect sends the run frame
+        if follow.ack is not None:  # acknowledge what the last update handed out, now that
+            await self._send(follow.ack)  # it is published (an ack never delays output)
+            follow.ack = None
         while True:
             item = await follow.inbox.get()
             if isinstance(item, BaseException):
@@ -227,7 +231,7 @@ class ChannelTransport:
             if update.terminal:
                 self._follows.pop(state.run_id, None)
             elif update.records:
-                await self._send(state.ack_frame())
+                follow.ack = state.ack_frame()
             return update
 
     async def answer(self, state: RunState, text: str) -> None:

@@ -121,8 +121,9 @@ class ServerApp(Application):
         f"answering. Environment: {_env('poll_coalesce')}.",
     ).tag(config=True)
     push_coalesce = Float(
-        0.002,
-        help="On the push channel, how long (s) new output waits for more before it is sent. "
+        0.0,
+        help="On the push channel, how long (s) new output waits for more before it is sent "
+        "(0: at once; output produced while a frame is being sent goes in the next one). "
         f"Environment: {_env('push_coalesce')}.",
     ).tag(config=True)
     max_sessions_per_key = Int(

@@ -265,7 +265,7 @@ class Run:
         prompt changes (so ``waiting-input`` is reported once per prompt). The push channel
         sends each; records are freed only by :meth:`RecordLog.ack` (the client's ``ack``).
         """
-        reported: tuple[str, int] | None = None
+        reported = (RUNNING, 0)  # a run just started has nothing to report until it does
 
         def news() -> bool:
             return len(self.log) > cursor or bool(self.steps) or self._mark() != reported

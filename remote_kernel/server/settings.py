@@ -23,7 +23,7 @@ class ServerSettings:
     auth_required: bool = True
     poll_hold: float = 1.0
     poll_coalesce: float = 0.005
-    push_coalesce: float = 0.002
+    push_coalesce: float = 0.0
     debug: bool = False
     max_request_bytes: int = 16 * MIB
     max_upload_files: int = 100

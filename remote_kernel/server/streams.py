@@ -71,29 +71,26 @@ async def _run_over_socket(
     inbox: asyncio.Queue[str | None] = asyncio.Queue()
     reader = asyncio.ensure_future(_read_text_frames(ws, inbox))
     try:
+        run = session.runner.run_for(req)
+        results = run.follow(0, coalesce=settings.poll_coalesce).__aiter__()
         while True:
-            result = await _race(
-                session.runner.execute(req, hold=settings.poll_hold,
-                                       coalesce=settings.poll_coalesce, cursors=False),
-                reader,
-            )  # fmt: skip
-            if result is None:  # the client went away mid-run
-                await session.runner.interrupt()
+            body = await _race(anext(results), reader)
+            if body is None:  # the client went away mid-run
+                await session.runner.interrupt(run.run_id)
                 return ws
-            body = result["result"]
+            result = body["result"]
+            run.log.ack(result["cursor"])  # this client cannot ask again: free what it got
             session.touch()
-            await ws.send_json({key: body.get(key) for key in
+            await ws.send_json({key: result.get(key) for key in
                                 ("status", "console", "exitCode", "options", "files")})  # fmt: skip
-            if body["status"] == p.FINISHED:
+            if result["status"] == p.FINISHED:
                 break
-            mode, code = "continue", ""
-            if body["status"] == p.WAITING_INPUT:
+            if result["status"] == p.WAITING_INPUT:
                 line = await _race(inbox.get(), reader)
                 if line is None:
-                    await session.runner.interrupt()
+                    await session.runner.interrupt(run.run_id)
                     return ws
-                mode, code = "input", line
-            req = p.ExecuteRequest(mode, code, req.run_id, {})
+                run.give_input(line, None)
         await ws.close()
         return ws
     except RemoteKernelError as exc:
