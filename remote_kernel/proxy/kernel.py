@@ -34,16 +34,17 @@ from ..credentials import (
     Credentials,
     resolve_credentials,
 )
-from ..errors import ConfigurationError, RemoteKernelError
+from ..errors import ConfigurationError
 from . import replies, stdin
 from .cell import CellRun
 from .history import CellHistory
+from .introspection import IntrospectionMixin
 from .session import RemoteSession, SessionSpec
 
 __all__ = ["RemoteKernel"]
 
 
-class RemoteKernel(Kernel):
+class RemoteKernel(IntrospectionMixin, Kernel):
     """A Jupyter kernel whose cells run in a remote compute session (Backend.AI run-loop API)."""
 
     implementation = "remote_kernel"
@@ -346,67 +347,3 @@ class RemoteKernel(Kernel):
         await self.remote.close_channel()
         if self._client is not None:
             await self._client.aclose()
-
-    # -- completion, inspection, is_complete -------------------------------------------------------
-    async def _idle_session(self) -> str | None:
-        try:
-            return await asyncio.wait_for(asyncio.shield(self.remote.start()), 10)
-        except (RemoteKernelError, asyncio.TimeoutError) as exc:
-            self.log.info("no remote session for an introspection request: %s", exc)
-            return None
-
-    async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:
-        sid = await self._idle_session()
-        if sid is None:
-            return replies.empty_complete(code, cursor_pos)
-        pos = len(code) if cursor_pos is None else cursor_pos
-        try:
-            result = await self._main_client().complete(sid, code, pos)
-        except (RemoteKernelError, asyncio.TimeoutError) as exc:
-            self.log.info("completion failed: %s", exc)
-            return replies.empty_complete(code, cursor_pos)
-        return replies.complete_reply(result, code, cursor_pos)
-
-    async def do_inspect(
-        self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()
-    ) -> dict[str, Any]:
-        sid = await self._idle_session()
-        if sid is None:
-            return dict(replies.EMPTY_INSPECT)
-        try:
-            result = await self._main_client().inspect(sid, code, cursor_pos, detail_level)
-        except (RemoteKernelError, asyncio.TimeoutError) as exc:
-            self.log.info("inspection failed: %s", exc)
-            return dict(replies.EMPTY_INSPECT)
-        return replies.inspect_reply(result)
-
-    async def do_is_complete(self, code: str) -> dict[str, Any]:
-        sid = await self._idle_session()
-        if sid is None:
-            return {"status": "unknown"}
-        try:
-            result = await self._main_client().is_complete(sid, code)
-        except (RemoteKernelError, asyncio.TimeoutError) as exc:
-            self.log.info("is_complete failed: %s", exc)
-            return {"status": "unknown"}
-        return replies.is_complete_reply(result)
-
-    # -- history (local: the cells this kernel ran) ------------------------------------------------
-    async def do_history(
-        self,
-        hist_access_type: str,
-        output: bool,
-        raw: bool,
-        session: int | None = None,
-        start: int | None = None,
-        stop: int | None = None,
-        n: int | None = None,
-        pattern: str | None = None,
-        unique: bool = False,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        history = self.history.query(
-            hist_access_type, current=self.remote.generation or 1, output=output,
-            session=session, start=start, stop=stop, n=n, pattern=pattern, unique=unique,
-        )  # fmt: skip
-        return {"status": "ok", "history": history}
