@@ -19,11 +19,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "keys": ("remote_kernel.server.keystore.KeysApp", "Manage the server's keypairs."),
     "install": (
-        "remote_kernel.kernelspec.InstallKernelSpecApp",
+        "remote_kernel.kernelspec_apps.InstallKernelSpecApp",
         "Install a kernelspec that runs cells on a remote compute session.",
     ),
-    "list": ("remote_kernel.kernelspec.ListKernelSpecsApp", "List installed remote kernelspecs."),
-    "remove": ("remote_kernel.kernelspec.RemoveKernelSpecApp", "Remove a remote kernelspec."),
+    "list": (
+        "remote_kernel.kernelspec_apps.ListKernelSpecsApp",
+        "List installed remote kernelspecs.",
+    ),
+    "remove": (
+        "remote_kernel.kernelspec_apps.RemoveKernelSpecApp",
+        "Remove a remote kernelspec.",
+    ),
     "demo": (
         "remote_kernel.demo.DemoApp",
         "Start a throwaway server and run the tour notebook through the remote kernel.",

@@ -30,7 +30,8 @@ from typing import IO, Any
 
 from traitlets import Float, Unicode
 
-from .kernelspec import SubcommandApp, install
+from .kernelspec import install
+from .kernelspec_apps import SubcommandApp
 
 DEMO_KERNEL_NAME = "remote-python-demo"
 _ENDPOINT_RE = re.compile(r"(http://127\.0\.0\.1:\d+)")

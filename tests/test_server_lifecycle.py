@@ -192,7 +192,7 @@ async def test_any_installed_kernelspec_is_an_image(tmp_path: Path) -> None:
 
 
 async def test_kernel_log_stays_bounded(server: ServerProcess) -> None:
-    from remote_kernel.server.runner import LOG_KEEP, LOG_MAX
+    from remote_kernel.server.kernel_log import LOG_KEEP, LOG_MAX
 
     async with RawAPI(server.endpoint, server.access_key, server.secret_key) as api:
         sid = await api.create(f"t-log-{uuid.uuid4().hex[:6]}")

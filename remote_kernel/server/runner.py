@@ -4,22 +4,22 @@ The kernel is started through ``AsyncKernelManager`` (so the kernelspec's provis
 where it runs), cells run with ``execute_interactive``, and every IOPub message becomes console
 records of the current :class:`~remote_kernel.server.runs.Run` via :mod:`remote_kernel.iopub`.
 Shell requests (execute, complete, inspect, is_complete) go through one lock, because
-jupyter_client's reply readers would otherwise take each other's replies.
+jupyter_client's reply readers would otherwise take each other's replies; a batch run
+(:mod:`~remote_kernel.server.batch`) takes the same lock, so runs of either kind queue in order.
+The kernel process's own output goes to a :class:`~remote_kernel.server.kernel_log.KernelLog`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import logging
 import os
 import secrets
 import signal
 import sys
-from collections import OrderedDict
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
 
@@ -27,19 +27,14 @@ from .. import protocol as p
 from ..errors import InternalServerError, InvalidAPIParamsError
 from ..iopub import records_from_iopub
 from ..protocol import ExecuteRequest
-from .runs import Run
+from .batch import BatchRunner
+from .kernel_log import KernelLog
+from .runs import Run, RunTable
 
 log = logging.getLogger("remote_kernel.server")
 
-#: Finished runs kept per session, so a client that lost a final response can replay it.
-KEEP_FINISHED_RUNS = 4
-#: Ids of runs no longer kept, remembered so that a late retried query is refused, not re-run.
-REMEMBER_RUN_IDS = 4096
 #: How often a run checks that its kernel is still alive.
 ALIVE_CHECK_INTERVAL = 1.0
-#: The kernel process's log is cut back to its last LOG_KEEP bytes once it passes LOG_MAX.
-LOG_MAX = 4 * 1024 * 1024
-LOG_KEEP = 1024 * 1024
 
 
 class SessionRunner:
@@ -60,6 +55,7 @@ class SessionRunner:
         self.kernel_name = kernel_name
         self.work_dir = work_dir
         self.log_path = log_path
+        self.kernel_log = KernelLog(log_path)
         self.environ = dict(environ or {})
         self.start_timeout = start_timeout
         self.max_run_bytes = max_run_bytes
@@ -67,33 +63,24 @@ class SessionRunner:
         self.km = kernel_manager_class(kernel_name=kernel_name)
         self.kc: Any = None
         self.kernel_info: dict[str, Any] = {}
-        self.runs: OrderedDict[str, Run] = OrderedDict()
-        self._past_runs: OrderedDict[str, None] = OrderedDict()  # ids of runs no longer kept
+        self.runs = RunTable()
         self.current: Run | None = None
         self.num_queries = 0
         self._shell_lock = asyncio.Lock()
-        self._log_file: IO[bytes] | None = None
-        self._batch_proc: asyncio.subprocess.Process | None = None
+        self.batch = BatchRunner(work_dir, self.env)
         self._background: set[asyncio.Future[None]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the kernel in the work dir with the session's environment; wait until ready."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in shutdown()
-        await self.km.start_kernel(
-            cwd=str(self.work_dir), env=self.env(), stdout=self._log_file, stderr=self._log_file
-        )
+        out = self.kernel_log.open()  # closed in shutdown()
+        await self.km.start_kernel(cwd=str(self.work_dir), env=self.env(), stdout=out, stderr=out)
         await self._connect()
 
     def env(self) -> dict[str, str]:
-        """The session's environment: the server's, ``config.environ`` on top, and the
-        server's Python first on PATH (so ``python`` in a shell step is the kernel's Python)."""
-        env = {**os.environ, **self.environ}
-        env.pop("JPY_PARENT_PID", None)
-        bindir = os.path.dirname(sys.executable)
-        env["PATH"] = os.pathsep.join([bindir, env.get("PATH", os.defpath)])
-        return env
+        """The session's environment (for the kernel, batch steps and terminals)."""
+        return session_env(self.environ)
 
     async def _connect(self) -> None:
         self.kc = self.km.client()
@@ -112,7 +99,7 @@ class SessionRunner:
     async def restart(self) -> None:
         """Restart the kernel: state is cleared, files in the work dir stay."""
         self._end_current("The session was restarted; this run was stopped.\n")
-        self._signal_batch(signal.SIGKILL)
+        self.batch.signal(signal.SIGKILL)
         async with self._shell_lock:
             if self.kc is not None:
                 self.kc.stop_channels()
@@ -122,7 +109,7 @@ class SessionRunner:
     async def shutdown(self) -> None:
         """Stop the kernel and end any run (bounded; kills if the kernel does not stop)."""
         self._end_current("The session was destroyed; this run was stopped.\n")
-        self._signal_batch(signal.SIGKILL)
+        self.batch.signal(signal.SIGKILL)
         if self.kc is not None:
             self.kc.stop_channels()
         with contextlib.suppress(Exception):
@@ -130,15 +117,12 @@ class SessionRunner:
                 await self.km.shutdown_kernel(now=True)
         with contextlib.suppress(Exception):
             await self.km.cleanup_resources()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        self.kernel_log.close()
 
     def _end_current(self, message: str) -> None:
         run = self.current
         if run is not None and run.status != p.FINISHED:
-            run.emit(self._error_records(run, "SessionEnded", message.strip(), message))
-            run.finish(1, self._error_reply(run, "SessionEnded", message.strip()))
+            run.fail("SessionEnded", message.strip())
             if run.task is not None:
                 run.task.cancel()
 
@@ -147,36 +131,9 @@ class SessionRunner:
         """A cell is running (or waiting for input): the session is not idle."""
         return self.current is not None and self.current.status != p.FINISHED
 
-    def trim_log(self) -> None:
-        """Keep the kernel's log file bounded: past LOG_MAX, keep only its last LOG_KEEP bytes.
-
-        The kernel appends (O_APPEND), so rewriting the file in place is safe for its writes.
-        """
-        try:
-            if self.log_path.stat().st_size <= LOG_MAX:
-                return
-            with open(self.log_path, "r+b") as fh:
-                fh.seek(-LOG_KEEP, os.SEEK_END)
-                tail = fh.read()
-                fh.seek(0)
-                fh.write(b"[remote_kernel: earlier kernel output was dropped]\n" + tail)
-                fh.truncate()
-        except OSError as exc:
-            log.debug("could not trim %s: %s", self.log_path, exc)
-
     def logs(self, limit: int = 256 * 1024) -> str:
         """The tail of the kernel process's own output (at most ``limit`` bytes)."""
-        if self._log_file is not None:
-            self._log_file.flush()
-        self.trim_log()
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                size = fh.tell()
-                fh.seek(max(0, size - limit))
-                return fh.read().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
+        return self.kernel_log.tail(limit)
 
     # -- the run loop -------------------------------------------------------------------------
     async def execute(
@@ -186,7 +143,7 @@ class SessionRunner:
         if req.mode in ("query", "batch"):
             run = self.run_for(req)
         else:
-            found = self.runs.get(req.run_id or "")
+            found = self.runs.get(req.run_id)
             if found is None:
                 raise InvalidAPIParamsError(
                     f"No run {req.run_id!r} in this session: start it with mode 'query'."
@@ -202,10 +159,10 @@ class SessionRunner:
     def run_for(self, req: ExecuteRequest) -> Run:
         """The run a ``query``/``batch`` names: a known ``runId`` is that run (a retried query
         is the same run, never a second execution); a new one starts."""
-        run = self.runs.get(req.run_id or "")
+        run = self.runs.get(req.run_id)
         if run is not None:
             return run
-        if req.run_id and req.run_id in self._past_runs:
+        if self.runs.forgotten(req.run_id):
             raise InvalidAPIParamsError(
                 f"Run {req.run_id!r} already ran in this session and its output is no longer "
                 "kept; start a new run with a new runId."
@@ -225,8 +182,7 @@ class SessionRunner:
                 self._background.add(fut)
                 fut.add_done_callback(self._background.discard)
         run = Run(run_id, jupyter=req.jupyter_console, max_bytes=self.max_run_bytes)
-        self.runs[run_id] = run
-        self._trim_runs()
+        self.runs.add(run)
         self.current = run
         self.num_queries += 1
         if req.mode == "batch":
@@ -234,14 +190,6 @@ class SessionRunner:
         else:
             run.task = asyncio.ensure_future(self._run(run, req))
         return run
-
-    def _trim_runs(self) -> None:
-        finished = [rid for rid, r in self.runs.items() if r.status == p.FINISHED]
-        for rid in finished[:-KEEP_FINISHED_RUNS]:
-            del self.runs[rid]
-            self._past_runs[rid] = None
-        while len(self._past_runs) > REMEMBER_RUN_IDS:
-            self._past_runs.popitem(last=False)
 
     async def _run(self, run: Run, req: ExecuteRequest) -> None:
         opts = req.options if run.jupyter else {}
@@ -264,21 +212,19 @@ class SessionRunner:
                 reply = await self._until_done_or_dead(work)
             if reply is None:
                 message = "The kernel died while running this cell; it has been restarted."
-                run.emit(self._error_records(run, "DeadKernelError", message, message + "\n"))
-                run.finish(1, self._error_reply(run, "DeadKernelError", message))
+                run.fail("DeadKernelError", message)
                 await self._recover_dead_kernel()
                 return
             content = dict(reply.get("content", {}))
             run.finish(_exit_code(content), content)
-            self.trim_log()
+            self.kernel_log.trim()
         except asyncio.CancelledError:
-            run.finish(1, self._error_reply(run, "SessionEnded", "The run was stopped."))
+            run.finish(1, run.error_reply("SessionEnded", "The run was stopped."))
             raise
         except Exception as exc:  # never leave a run unfinished
             log.exception("run %s failed", run.run_id)
             message = f"The server could not run this cell: {type(exc).__name__}: {exc}"
-            run.emit(self._error_records(run, "ServerError", message, message + "\n"))
-            run.finish(1, self._error_reply(run, "ServerError", message))
+            run.fail("ServerError", message)
 
     async def _until_done_or_dead(self, work: asyncio.Future[Any]) -> dict[str, Any] | None:
         """The execute reply, or None when the kernel process died first."""
@@ -336,7 +282,7 @@ class SessionRunner:
         return True
 
     async def _interrupt_now(self, run: Run | None) -> None:
-        if self._signal_batch(signal.SIGINT):
+        if self.batch.signal(signal.SIGINT):
             return
         await self.km.interrupt_kernel()
         if run is not None and run.status != p.FINISHED:
@@ -348,62 +294,15 @@ class SessionRunner:
 
     # -- batch mode (protocol §1.6) ------------------------------------------------------------
     async def _run_batch(self, run: Run, options: dict[str, Any]) -> None:
-        """clean → build → exec as shell commands in the work dir; a failed build skips exec."""
+        """Queue behind the running cell (the shell lock), then clean → build → exec."""
         try:
             async with self._shell_lock:
-                if run.status == p.FINISHED:
+                if run.status == p.FINISHED:  # ended while queued (restart, destroy)
                     return
-                run.step_done(
-                    p.CLEAN_FINISHED, await self._shell_step(run, "clean", options.get("clean"))
-                )
-                code = await self._shell_step(run, "build", options.get("build"))
-                run.step_done(p.BUILD_FINISHED, code)
-                if code != 0:
-                    run.emit(
-                        [p.record(p.STDERR, f"Build failed (exit code {code}): exec skipped.\n")]
-                    )
-                    run.finish(127)
-                    return
-                run.finish(await self._shell_step(run, "exec", options.get("exec")))
-        except asyncio.CancelledError:
+                await self.batch.run(run, options)
+        except asyncio.CancelledError:  # stopped while queued: the run still ends
             run.finish(1)
             raise
-        except Exception as exc:
-            log.exception("batch run %s failed", run.run_id)
-            run.emit([p.record(p.STDERR, f"The server could not run this batch: {exc}\n")])
-            run.finish(1)
-
-    async def _shell_step(self, run: Run, step: str, value: Any) -> int:
-        command = batch_command(step, value, self.work_dir)
-        if command is None:
-            if step == "exec" and value == "*":
-                run.emit([p.record(p.STDERR, "exec '*': there is no main.py to run.\n")])
-                return 127
-            return 0
-        env = {**self.env(), "_BACKEND_BATCH_MODE": "1", "PYTHONUNBUFFERED": "1"}
-        proc = await asyncio.create_subprocess_shell(
-            command, cwd=self.work_dir, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )  # fmt: skip
-        self._batch_proc = proc
-        try:
-            assert proc.stdout is not None and proc.stderr is not None
-            await asyncio.gather(
-                _pump(proc.stdout, p.STDOUT, run), _pump(proc.stderr, p.STDERR, run)
-            )
-            code = await proc.wait()
-        finally:
-            self._batch_proc = None
-        return code if code >= 0 else 128 - code
-
-    def _signal_batch(self, sig: int) -> bool:
-        proc = self._batch_proc
-        if proc is None or proc.returncode is not None:
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        return True
 
     # -- other shell requests -----------------------------------------------------------------
     async def _shell_request(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
@@ -437,18 +336,15 @@ class SessionRunner:
         content = await self._shell_request("is_complete", code)
         return content or {"status": "unknown"}
 
-    # -- helpers ------------------------------------------------------------------------------
-    @staticmethod
-    def _error_records(run: Run, ename: str, evalue: str, text: str) -> list[p.Record]:
-        if run.jupyter:
-            return [p.record(p.ERROR, {"ename": ename, "evalue": evalue,
-                                       "traceback": [f"{ename}: {evalue}"]})]  # fmt: skip
-        return [p.record(p.STDERR, text)]
 
-    @staticmethod
-    def _error_reply(run: Run, ename: str, evalue: str) -> dict[str, Any]:
-        return {"status": "error", "ename": ename, "evalue": evalue,
-                "traceback": [f"{ename}: {evalue}"], "execution_count": None}  # fmt: skip
+def session_env(environ: dict[str, str]) -> dict[str, str]:
+    """The server's environment, ``environ`` (a session's ``config.environ``) on top, and the
+    server's Python first on PATH (so ``python`` in a shell step is the kernel's Python)."""
+    env = {**os.environ, **environ}
+    env.pop("JPY_PARENT_PID", None)
+    bindir = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join([bindir, env.get("PATH", os.defpath)])
+    return env
 
 
 def _exit_code(content: dict[str, Any]) -> int:
@@ -462,33 +358,3 @@ def _exit_code(content: dict[str, Any]) -> int:
         except ValueError:
             return 1
     return 1
-
-
-def batch_command(step: str, value: Any, work_dir: Path) -> str | None:
-    """The shell command of a batch step; ``"*"`` is the Python default (protocol §1.6).
-
-    clean ``*``: nothing. build ``*``: ``make`` when there is a Makefile, else nothing.
-    exec ``*``: ``python main.py`` when there is a main.py (else exit code 127).
-    """
-    if not value:
-        return None
-    if not isinstance(value, str):
-        raise InvalidAPIParamsError(f"Batch option {step!r} must be a shell command string.")
-    if value != "*":
-        return value
-    if step == "build" and (work_dir / "Makefile").exists():
-        return "make"
-    if step == "exec" and (work_dir / "main.py").exists():
-        return "python main.py"
-    return None
-
-
-async def _pump(stream: asyncio.StreamReader, kind: str, run: Run) -> None:
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    while chunk := await stream.read(64 * 1024):
-        text = decoder.decode(chunk)
-        if text:
-            run.emit([p.record(kind, text)])
-    tail = decoder.decode(b"", final=True)
-    if tail:
-        run.emit([p.record(kind, tail)])

@@ -3,6 +3,7 @@
 Pure asyncio state, no kernel I/O: :class:`~remote_kernel.server.runner.SessionRunner` feeds a
 :class:`Run` from the kernel's IOPub and stdin, and the HTTP handlers read it back with
 :meth:`Run.read`. Protocol §1.5 (statuses, merging), §2.3 (cursor, memory bound), §2.4 (input).
+A session's runs by id, bounded, are a :class:`RunTable`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,6 +19,10 @@ from .. import protocol as p
 from ..protocol import Record
 
 RUNNING = "running"
+#: Finished runs kept per session, so a client that lost a final response can replay it.
+KEEP_FINISHED_RUNS = 4
+#: Ids of runs no longer kept, remembered so that a late retried query is refused, not re-run.
+REMEMBER_RUN_IDS = 4096
 
 
 def _size(rec: Record) -> int:
@@ -188,6 +193,22 @@ class Run:
         self.reply = reply
         self._notify()
 
+    def fail(self, ename: str, evalue: str) -> None:
+        """End with an error of the server's (not of the code): an error record (Jupyter
+        console) or ``evalue`` on stderr (base layer), exit code 1 and an error reply."""
+        if self.jupyter:
+            self.emit([p.record(p.ERROR, {"ename": ename, "evalue": evalue,
+                                          "traceback": [f"{ename}: {evalue}"]})])  # fmt: skip
+        else:
+            self.emit([p.record(p.STDERR, evalue + "\n")])
+        self.finish(1, self.error_reply(ename, evalue))
+
+    @staticmethod
+    def error_reply(ename: str, evalue: str) -> dict[str, Any]:
+        """The ``execute_reply`` content of an error of the server's."""
+        return {"status": "error", "ename": ename, "evalue": evalue,
+                "traceback": [f"{ename}: {evalue}"], "execution_count": None}  # fmt: skip
+
     # -- client side ------------------------------------------------------------------------
     @property
     def waiting_input(self) -> bool:
@@ -306,3 +327,33 @@ class Run:
             self.run_id, status, records, exit_code=exit_code, options=options,
             cursor=cursor, reply=reply,
         )  # fmt: skip
+
+
+class RunTable:
+    """A session's runs by id, bounded.
+
+    Only the last ``KEEP_FINISHED_RUNS`` finished runs are kept; the ids of the runs dropped are
+    remembered (up to ``REMEMBER_RUN_IDS``), so a retried query for one is refused instead of
+    running its code a second time.
+    """
+
+    def __init__(self) -> None:
+        self._runs: OrderedDict[str, Run] = OrderedDict()
+        self._past: OrderedDict[str, None] = OrderedDict()  # ids of runs no longer kept
+
+    def get(self, run_id: str | None) -> Run | None:
+        return self._runs.get(run_id or "")
+
+    def forgotten(self, run_id: str | None) -> bool:
+        """``run_id`` ran in this session, but its run is no longer kept."""
+        return bool(run_id) and run_id in self._past
+
+    def add(self, run: Run) -> None:
+        """Keep ``run``; drop the oldest finished runs past the bound."""
+        self._runs[run.run_id] = run
+        finished = [rid for rid, r in self._runs.items() if r.status == p.FINISHED]
+        for rid in finished[:-KEEP_FINISHED_RUNS]:
+            del self._runs[rid]
+            self._past[rid] = None
+        while len(self._past) > REMEMBER_RUN_IDS:
+            self._past.popitem(last=False)
