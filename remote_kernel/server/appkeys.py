@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from .keystore import KeyStore
@@ -11,3 +13,5 @@ from .settings import ServerSettings
 settings_key = web.AppKey("settings_key", ServerSettings)
 keystore_key = web.AppKey("keystore_key", KeyStore)
 manager_key = web.AppKey("manager_key", SessionManager)
+#: The access key a request was authenticated as (set by the auth middleware).
+owner_key: Any = web.RequestKey("owner", str) if hasattr(web, "RequestKey") else "owner"

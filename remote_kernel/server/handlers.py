@@ -16,7 +16,7 @@ from .. import protocol as p
 from .._version import __version__
 from ..errors import InvalidAPIParamsError, RequestTooLargeError
 from . import files
-from .appkeys import manager_key, settings_key
+from .appkeys import manager_key, owner_key, settings_key
 from .sessions import Session
 
 _dumps = functools.partial(json.dumps, default=json_default)
@@ -42,11 +42,12 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 def session_of(request: web.Request) -> Session:
     """The caller's session named in the path (UUID or name); 404 otherwise."""
-    return request.app[manager_key].get(request["owner"], request.match_info["session_id"])
+    return request.app[manager_key].get(request[owner_key], request.match_info["session_id"])
 
 
-def _extensions(request: web.Request) -> bool:
-    return request.app[settings_key].extensions
+def offers(request: web.Request, feature: str) -> bool:
+    """Whether this server offers ``feature`` (decided once, by :class:`ServerSettings`)."""
+    return request.app[settings_key].offers(feature)
 
 
 async def hello(request: web.Request) -> web.Response:
@@ -65,7 +66,7 @@ async def create_session(request: web.Request) -> web.Response:
     if not isinstance(config, dict):
         raise InvalidAPIParamsError("'config' must be a JSON object.")
     session, created = await request.app[manager_key].create(
-        request["owner"],
+        request[owner_key],
         name=name,
         image=image,
         config=config,
@@ -85,12 +86,13 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def list_sessions(request: web.Request) -> web.Response:
     manager = request.app[manager_key]
-    items = [s.info(kernel_info=False) for s in manager.owned_by(request["owner"])]
+    items = [s.info(kernel_info=False) for s in manager.owned_by(request[owner_key])]
     return json_response({"items": items})
 
 
 async def session_info(request: web.Request) -> web.Response:
-    return json_response(session_of(request).info(kernel_info=_extensions(request)))
+    kernel_info = offers(request, p.FEATURE_KERNEL_INFO)
+    return json_response(session_of(request).info(kernel_info=kernel_info))
 
 
 async def destroy_session(request: web.Request) -> web.Response:
@@ -107,7 +109,7 @@ async def restart_session(request: web.Request) -> web.Response:
 async def interrupt_session(request: web.Request) -> web.Response:
     """204 always; with ``{"runId", "interruptId"}`` (idempotent-runs) only that run, once."""
     session = session_of(request)
-    body = await read_json(request) if _extensions(request) else {}
+    body = await read_json(request) if offers(request, p.FEATURE_IDEMPOTENT_RUNS) else {}
     run_id, interrupt_id = body.get("runId") or body.get("run_id"), body.get("interruptId")
     if not isinstance(run_id, (str, type(None))) or not isinstance(interrupt_id, (str, type(None))):
         raise InvalidAPIParamsError("'runId' and 'interruptId' must be strings.")
@@ -121,14 +123,14 @@ async def execute(request: web.Request) -> web.Response:
     settings = request.app[settings_key]
     if req.mode == "complete":
         return json_response(await _complete(session, req.code, req.options))
-    if not settings.extensions:
+    if not settings.offers(p.FEATURE_JUPYTER_CONSOLE):
         options = {k: v for k, v in req.options.items() if k != "console"}
         req = p.ExecuteRequest(req.mode, req.code, req.run_id, options, None)
     result = await session.runner.execute(
         req,
         hold=settings.poll_hold,
         coalesce=settings.poll_coalesce,
-        cursors=settings.extensions,
+        cursors=settings.offers(p.FEATURE_OUTPUT_CURSOR),
     )
     session.touch()
     return json_response(result)
@@ -165,7 +167,7 @@ async def complete(request: web.Request) -> web.Response:
     if not isinstance(code, str) or not isinstance(options, dict):
         raise InvalidAPIParamsError("'code' must be a string and 'options' an object.")
     result = await _complete(session_of(request), code, options)
-    if not _extensions(request):
+    if not offers(request, p.FEATURE_INSPECT):
         result["result"] = {k: result["result"][k] for k in ("status", "error", "suggestions")}
     return json_response(result)
 

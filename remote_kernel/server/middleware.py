@@ -20,7 +20,7 @@ from ..errors import (
     ServerError,
 )
 from ..protocol import VALID_VERSIONS
-from .appkeys import keystore_key, settings_key
+from .appkeys import keystore_key, owner_key, settings_key
 
 log = logging.getLogger("remote_kernel.server")
 
@@ -90,15 +90,15 @@ def _error_response(request: web.Request, exc: Exception) -> web.Response:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Verify Backend.AI HMAC on every route but the version probe; set ``request["owner"]``."""
+    """Verify Backend.AI HMAC on every route but the version probe; set ``request[owner_key]``."""
     if request.path in ("", "/") or not request.app[settings_key].auth_required:
-        request["owner"] = ANONYMOUS
+        request[owner_key] = ANONYMOUS
         return await handler(request)
     version = request.headers.get("X-BackendAI-Version")
     if version is not None and version not in VALID_VERSIONS:
         raise InvalidAPIParamsError(f"Unsupported API version {version!r}.")
     keystore = request.app[keystore_key]
-    request["owner"] = verify(
+    request[owner_key] = verify(
         request.headers,
         method=request.method,
         path_qs=request.raw_path,

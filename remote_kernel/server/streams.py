@@ -14,7 +14,7 @@ from aiohttp import WSMsgType, web
 
 from .. import protocol as p
 from ..errors import InvalidAPIParamsError, RemoteKernelError
-from .appkeys import manager_key, settings_key
+from .appkeys import manager_key, owner_key, settings_key
 from .events import SERVER_CLOSE, Subscription
 from .handlers import session_of
 from .settings import ServerSettings
@@ -63,7 +63,9 @@ async def _run_over_socket(
     ws: web.WebSocketResponse, session: Any, settings: ServerSettings
 ) -> web.WebSocketResponse:
     try:
-        req = _first_request(await ws.receive(), extensions=settings.extensions)
+        req = _first_request(
+            await ws.receive(), jupyter=settings.offers(p.FEATURE_JUPYTER_CONSOLE)
+        )
     except InvalidAPIParamsError as exc:
         await ws.send_json({"status": "error", "msg": f"Invalid API parameters: {exc}"})
         await ws.close()
@@ -101,7 +103,7 @@ async def _run_over_socket(
         reader.cancel()
 
 
-def _first_request(msg: Any, *, extensions: bool) -> p.ExecuteRequest:
+def _first_request(msg: Any, *, jupyter: bool) -> p.ExecuteRequest:
     if msg.type != WSMsgType.TEXT:
         raise InvalidAPIParamsError("the first frame must be JSON text {code, mode, options}")
     try:
@@ -113,7 +115,7 @@ def _first_request(msg: Any, *, extensions: bool) -> p.ExecuteRequest:
     options = frame.get("options") or {}
     if not isinstance(options, dict):
         raise InvalidAPIParamsError("options must be an object")
-    if not extensions:
+    if not jupyter:
         options.pop("console", None)
     return p.parse_execute_request(
         {"mode": frame.get("mode", "query"), "code": frame.get("code") or "",
@@ -200,7 +202,7 @@ async def _shell_over_socket(ws: web.WebSocketResponse, session: Any) -> web.Web
 async def session_events(request: web.Request) -> web.StreamResponse:
     """SSE of the caller's own session/kernel events; ends with ``server_close``."""
     manager = request.app[manager_key]
-    owner = request["owner"]
+    owner = request[owner_key]
     query = request.query
     session_id = query.get("sessionId") or None
     name = query.get("sessionName") or query.get("name") or "*"
