@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.manager import start_new_kernel
+from stats import percentile  # benchmarks/stats.py
 
 from remote_kernel.demo import DemoServer
 from remote_kernel.kernelspec import install
@@ -59,15 +60,6 @@ for _ in range(30):
     print(repr(time.time()), flush=True)
     time.sleep(0.1)
 """
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def run_cell(kc: Any, code: str, hook: Callable[[dict[str, Any]], None] | None = None) -> float:

@@ -35,6 +35,7 @@ from typing import Any
 
 import aiohttp
 from jupyter_client.manager import AsyncKernelManager
+from stats import percentile  # benchmarks/stats.py
 
 from remote_kernel.auth import Keypair, sign_headers
 from remote_kernel.demo import DemoServer
@@ -102,15 +103,6 @@ async def run_cell_http(client: Client, sid: str, code: str) -> dict[str, Any]:
 
 
 # -- measurements ---------------------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
 async def time_cells(client: Client, sid: str, n: int, warmup: int = 5) -> tuple[list, list]:
     """Time ``1+1`` over HTTP and on a local kernel, alternating, so both see the same load."""
     km = AsyncKernelManager(kernel_name="python3")

@@ -76,6 +76,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
+from stats import percentile  # benchmarks/stats.py
 
 ROOT = Path(__file__).resolve().parent.parent
 RELAY_SCRIPT = ROOT / "tests" / "relay.py"
@@ -600,15 +601,6 @@ class KernelSocket:
                 f"cell {code[:30]!r} failed: {ex.reply.get('ename')}: {ex.reply.get('evalue')}"
             )
         return ex
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 async def start_kernel(
