@@ -19,6 +19,7 @@ import asyncio
 import os
 import signal
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -169,6 +170,7 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         self._cell: CellRun | None = None
         self._drain_task: asyncio.Future[Any] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._started_at = time.monotonic()
 
     # ipykernel increments execution_count before do_execute; the remote decides it instead.
     @property  # type: ignore[override]
@@ -188,11 +190,12 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         return info
 
     async def kernel_info_request(self, socket: Any, ident: Any, parent: Any) -> None:
-        """Answer with the remote's language and banner: wait (bounded) for the session."""
-        deadline = asyncio.get_running_loop().time() + self.kernel_info_wait
+        """Answer with the remote's language and banner: wait for the session, at most until
+        ``kernel_info_wait`` seconds after the kernel started (however many requests come:
+        frontends repeat kernel_info on shell and control until one is answered)."""
         task = self.remote.creating
         while task is not None and not task.done():
-            if asyncio.get_running_loop().time() >= deadline:
+            if time.monotonic() >= self._started_at + self.kernel_info_wait:
                 break
             await asyncio.sleep(0.02)
         await super().kernel_info_request(socket, ident, parent)
@@ -217,6 +220,7 @@ class RemoteKernel(IntrospectionMixin, Kernel):
 
     # -- start-up: the session is created in the background -------------------------------------
     def start(self) -> None:
+        self._started_at = time.monotonic()
         super().start()
         self.io_loop.add_callback(self._begin)
 
