@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ..client import RunLoopClient
@@ -28,9 +29,7 @@ class IntrospectionMixin:
 
     remote: RemoteSession
     history: CellHistory
-
-    def _main_client(self) -> RunLoopClient:
-        raise NotImplementedError
+    _main_client: Callable[[], RunLoopClient]  # the kernel's client of its main event loop
 
     async def _idle_session(self) -> str | None:
         try:
