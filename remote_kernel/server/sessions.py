@@ -17,6 +17,7 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpecManager
 
 from ..errors import (
+    InternalServerError,
     InvalidAPIParamsError,
     NotFoundError,
     SessionAlreadyExistsError,
@@ -144,7 +145,13 @@ class SessionManager:
         self.runner_options = dict(runner_options or {})
         self.images = images or ImageResolver()
         self._by_id: dict[str, Session] = {}
-        self._create_lock = asyncio.Lock()
+        # Creates in progress: (owner, name) -> (its lock, creates holding or awaiting it);
+        # per owner, the sessions being started (they count against max_sessions_per_key);
+        # one event per start, set once it is registered or cleaned up.
+        self._name_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+        self._starting: dict[str, int] = {}
+        self._in_flight: set[asyncio.Event] = set()
+        self._epoch = 0  # bumped by shutdown_all: a start that straddles it is undone
 
     def owned_by(self, owner: str) -> list[Session]:
         return [s for s in self._by_id.values() if s.owner == owner]
@@ -165,7 +172,12 @@ class SessionManager:
     async def create(
         self, owner: str, *, name: str | None, image: str, config: dict[str, Any], reuse: bool
     ) -> tuple[Session, bool]:
-        """Create a session, or return the caller's live one of that name and image."""
+        """Create a session, or return the caller's live one of that name and image.
+
+        Creates run concurrently: only creates of the same (owner, name) wait for each other,
+        so the second one sees the first's session. A session being started holds one of its
+        owner's ``max_sessions_per_key`` slots until it is registered or its start fails.
+        """
         if name is not None and (not isinstance(name, str) or not SESSION_NAME_RE.match(name)):
             raise InvalidAPIParamsError(
                 f"Invalid session name {name!r}: 4 to 64 characters, letters, digits, '_', "
@@ -174,26 +186,56 @@ class SessionManager:
         environ = config.get("environ") or {}
         if not isinstance(environ, dict):
             raise InvalidAPIParamsError("'config.environ' must be an object of strings.")
-        async with self._create_lock:
-            if name is not None:
-                existing = next((s for s in self.owned_by(owner) if s.name == name), None)
-                if existing is not None:
-                    if reuse and existing.image == image:
-                        existing.touch()
-                        return existing, False
-                    raise SessionAlreadyExistsError(
-                        f"A session named {name!r} already exists with image {existing.image!r}.",
-                        data={"existingSessionId": existing.id},
-                    )
-            kernel_name = self.images.resolve(image)
-            if len(self.owned_by(owner)) >= self.max_sessions_per_key:
-                raise TooManySessionsError(
-                    f"This keypair already has {self.max_sessions_per_key} sessions; destroy one "
-                    "first (DELETE /session/{id}) or raise ServerApp.max_sessions_per_key."
+        if name is None:
+            return await self._create(owner, name, image, config, environ, reuse)
+        key = (owner, name)
+        lock, waiters = self._name_locks.get(key) or (asyncio.Lock(), 0)
+        self._name_locks[key] = (lock, waiters + 1)
+        try:
+            async with lock:
+                return await self._create(owner, name, image, config, environ, reuse)
+        finally:
+            lock, waiters = self._name_locks[key]
+            if waiters <= 1:
+                del self._name_locks[key]
+            else:
+                self._name_locks[key] = (lock, waiters - 1)
+
+    async def _create(
+        self,
+        owner: str,
+        name: str | None,
+        image: str,
+        config: dict[str, Any],
+        environ: dict[Any, Any],
+        reuse: bool,
+    ) -> tuple[Session, bool]:
+        """The create itself; for a named session the caller holds that (owner, name)'s lock."""
+        if name is not None:
+            existing = next((s for s in self.owned_by(owner) if s.name == name), None)
+            if existing is not None:
+                if reuse and existing.image == image:
+                    existing.touch()
+                    return existing, False
+                raise SessionAlreadyExistsError(
+                    f"A session named {name!r} already exists with image {existing.image!r}.",
+                    data={"existingSessionId": existing.id},
                 )
-            folders = self._mount_plan(config)
-            session_id = str(uuid.uuid4())
-            sdir = self.sessions_dir / session_id
+        kernel_name = self.images.resolve(image)
+        if len(self.owned_by(owner)) + self._starting.get(owner, 0) >= self.max_sessions_per_key:
+            raise TooManySessionsError(
+                f"This keypair already has {self.max_sessions_per_key} sessions; destroy one "
+                "first (DELETE /session/{id}) or raise ServerApp.max_sessions_per_key."
+            )
+        folders = self._mount_plan(config)
+        # Reserve the slot with no await since the count above: concurrent creates see it.
+        self._starting[owner] = self._starting.get(owner, 0) + 1
+        done = asyncio.Event()  # shutdown_all waits for this start to be settled
+        self._in_flight.add(done)
+        epoch = self._epoch
+        session_id = str(uuid.uuid4())
+        sdir = self.sessions_dir / session_id
+        try:
             work = sdir / "work"
             work.mkdir(parents=True, exist_ok=True)
             for dest, folder in folders.items():
@@ -209,28 +251,38 @@ class SessionManager:
             )
             try:
                 await runner.start()
+                if self._epoch != epoch:  # shutdown_all began while this kernel started
+                    raise InternalServerError(
+                        "The server is shutting down; the session was not created.", status=503
+                    )
             except BaseException:
                 await runner.shutdown()
-                shutil.rmtree(sdir, ignore_errors=True)
                 raise
-            session = Session(
-                id=session_id,
-                name=name or f"session-{session_id[:8]}",
-                owner=owner,
-                image=image,
-                kernel_name=kernel_name,
-                runner=runner,
-                dir=sdir,
-                config=dict(config),
-                mounts=folders,
-            )
-            self._by_id[session_id] = session
-            for event in ("session_enqueued", "session_started", "kernel_started"):
-                self._publish(event, session, "user-requested")
-            log.info(
-                "session %s (%s) started: %s → %s", session.name, session_id, image, kernel_name
-            )
-            return session, True
+        except BaseException:
+            shutil.rmtree(sdir, ignore_errors=True)
+            raise
+        finally:
+            self._starting[owner] -= 1
+            if not self._starting[owner]:
+                del self._starting[owner]
+            self._in_flight.discard(done)
+            done.set()
+        session = Session(
+            id=session_id,
+            name=name or f"session-{session_id[:8]}",
+            owner=owner,
+            image=image,
+            kernel_name=kernel_name,
+            runner=runner,
+            dir=sdir,
+            config=dict(config),
+            mounts=folders,
+        )
+        self._by_id[session_id] = session
+        for event in ("session_enqueued", "session_started", "kernel_started"):
+            self._publish(event, session, "user-requested")
+        log.info("session %s (%s) started: %s → %s", session.name, session_id, image, kernel_name)
+        return session, True
 
     def _publish(self, name: str, session: Session, reason: str) -> None:
         self.events.publish(Event(name, session.owner, session.id, session.name, reason))
@@ -294,8 +346,13 @@ class SessionManager:
         log.info("session %s (%s) destroyed", session.name, session.id)
 
     async def shutdown_all(self) -> None:
+        """Destroy every session, and wait for kernels still starting: they are shut down."""
+        self._epoch += 1
+        starting = [done.wait() for done in self._in_flight]
         sessions = list(self._by_id.values())
-        await asyncio.gather(*(self.destroy(s) for s in sessions), return_exceptions=True)
+        await asyncio.gather(
+            *(self.destroy(s) for s in sessions), *starting, return_exceptions=True
+        )
 
     def idle_sessions(self, now: float | None = None) -> list[Session]:
         if self.idle_timeout <= 0:
