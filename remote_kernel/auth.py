@@ -21,6 +21,10 @@ SIGN_METHOD = "HMAC-SHA256"
 MAX_CLOCK_SKEW = timedelta(minutes=15)
 EMPTY_BODY_HASH = hashlib.sha256(b"").hexdigest()
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+#: The one 401 message for an unknown access key and a wrong signature (no key enumeration).
+CREDENTIAL_MISMATCH = "HMAC signature mismatch"
+#: Signs in place of an unknown key's secret, so that refusing one takes the usual time.
+_NO_SECRET = secrets.token_urlsafe(30)
 
 
 @dataclass(frozen=True)
@@ -65,9 +69,14 @@ def signature(
 ) -> str:
     """``hex(HMAC(HMAC(HMAC(secret, YYYYMMDD), host), to_sign))``."""
     digest = getattr(hashlib, hash_type)
-    k1 = hmac.new(secret_key.encode(), date.strftime("%Y%m%d").encode(), digest).digest()
-    k2 = hmac.new(k1, host.encode(), digest).digest()
-    return hmac.new(k2, to_sign.encode(), digest).hexdigest()
+    k1 = hmac.new(_utf8(secret_key), date.strftime("%Y%m%d").encode(), digest).digest()
+    k2 = hmac.new(k1, _utf8(host), digest).digest()
+    return hmac.new(k2, _utf8(to_sign), digest).hexdigest()
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8; header bytes that were not UTF-8 (decoded with surrogateescape) come back as is."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def sign_headers(
@@ -109,7 +118,7 @@ def parse_authorization(value: str) -> tuple[str, str, str]:
     if not method.upper().startswith("HMAC-") or not sep or not access or not sig:
         raise InvalidAuthParamsError("Malformed authorization header")
     hash_type = method[5:].lower().replace("-", "")
-    if hash_type not in hashlib.algorithms_guaranteed:
+    if hash_type not in hashlib.algorithms_guaranteed or hash_type.startswith("shake"):
         raise InvalidAuthParamsError(f"Unsupported signing method {method!r}")
     return hash_type, access, sig
 
@@ -144,7 +153,9 @@ def verify(
 
     ``headers`` must be case-insensitive (aiohttp's CIMultiDict is). The checks follow the
     manager: date within ±15 minutes (400), known access key and matching signature (401),
-    compared in constant time.
+    compared in constant time. An unknown access key and a wrong signature are the same
+    error, with the same message, after the same work (a signature is computed either way), so
+    a caller cannot tell which access keys exist.
     """
     authorization = headers.get("Authorization")
     if not authorization:
@@ -158,11 +169,10 @@ def verify(
         raise InvalidAuthParamsError("Date/time sync error")
     hash_type, access_key, sig = parse_authorization(authorization)
     secret = lookup_secret(access_key)
-    if secret is None:
-        raise AuthenticationError("Access key not found in HMAC")
     version = headers.get("X-BackendAI-Version", "")
     to_sign = string_to_sign(method, path_qs, date_header, host, content_type, version)
-    expected = signature(secret, date, host, to_sign, hash_type)
-    if not secrets.compare_digest(expected, sig):
-        raise AuthenticationError("HMAC signature mismatch")
+    expected = signature(secret if secret is not None else _NO_SECRET, date, host, to_sign,
+                         hash_type)  # fmt: skip
+    if not secrets.compare_digest(expected.encode(), _utf8(sig)) or secret is None:
+        raise AuthenticationError(CREDENTIAL_MISMATCH)
     return access_key

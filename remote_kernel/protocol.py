@@ -10,6 +10,7 @@ A console *record* is a two-item list ``[type, data]``; on the wire it is JSON, 
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ JUPYTER_RECORD_TYPES = frozenset(
 Record = list[Any]
 
 SESSION_NAME_RE = re.compile(r"^(?=.{4,64}$)\w[\w.-]*\w$", re.ASCII)
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _DATA_URI_RE = re.compile(r"^data:([^;,]+)(;[^,]*)?,(.*)$", re.DOTALL)
 
 
@@ -149,8 +151,6 @@ def base_record_from_bundle(data: Mapping[str, Any]) -> Record | None:
     if mime == "text/plain":
         return record(STDOUT, _as_text(value))
     if is_json_mime(mime):
-        import json
-
         return record(MEDIA, [mime, json.dumps(value)])
     if is_text_mime(mime):
         return record(MEDIA, [mime, _as_text(value)])
@@ -188,6 +188,80 @@ def ename_evalue_from_traceback(text: str) -> tuple[str, str] | None:
             return match.group(1), (match.group(2) or "").strip()
         return None
     return None
+
+
+# -- request text ------------------------------------------------------------------------------
+def check_text(value: str, what: str) -> str:
+    """``value``, if it is Unicode text a kernel, a file system and UTF-8 can all take.
+
+    A lone surrogate (U+D800 to U+DFFF: JSON lets a client write ``"\\ud800"``) can be encoded
+    by none of them; it is refused with :class:`InvalidAPIParamsError` naming ``what``.
+    """
+    match = _SURROGATE_RE.search(value)
+    if match is not None:
+        raise InvalidAPIParamsError(
+            f"{what} contains a lone surrogate (U+{ord(match.group()):04X} at index "
+            f"{match.start()}): text must be valid Unicode; send the character itself or a "
+            "complete surrogate pair."
+        )
+    return value
+
+
+def has_lone_surrogate(value: str) -> bool:
+    """Whether ``value`` holds a code point U+D800 to U+DFFF (which UTF-8 cannot encode)."""
+    return _SURROGATE_RE.search(value) is not None
+
+
+def replace_lone_surrogates(value: str) -> str:
+    """``value`` with every lone surrogate replaced by U+FFFD (the replacement character)."""
+    return _SURROGATE_RE.sub("\ufffd", value)
+
+
+def check_json_text(value: Any, what: str) -> None:
+    """:func:`check_text` on every string of a parsed JSON value, object keys included.
+
+    Iterative (a body nested as deep as the parser allows costs no recursion); the error names
+    where the bad string is, e.g. ``'config.environ.A'``.
+    """
+    stack: list[tuple[Any, Any]] = [(value, None)]  # (value, its location as a linked list)
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            check_text(item, _location(what, where))
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                check_text(key, f"A key in {_location(what, where)}")
+                stack.append((child, (where, key)))
+        elif isinstance(item, list):
+            stack.extend((child, (where, i)) for i, child in enumerate(item))
+
+
+def _location(what: str, where: Any) -> str:
+    keys: list[Any] = []
+    while where is not None:
+        where, key = where
+        keys.append(key)
+    if not keys:
+        return what
+    path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in reversed(keys))
+    return f"{what} at '{path.lstrip('.')}'"
+
+
+def loads_json(raw: str | bytes, what: str = "JSON body") -> Any:
+    """Parse JSON from a client: any malformed input is :class:`InvalidAPIParamsError`.
+
+    That covers invalid JSON or encoding, nesting too deep for the parser (``RecursionError``)
+    and lone surrogates in any string (:func:`check_json_text`). ``what`` names the input in
+    the message ("Malformed JSON body: ...").
+    """
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise InvalidAPIParamsError(f"Malformed {what}: {exc}.") from None
+    except RecursionError:
+        raise InvalidAPIParamsError(f"Malformed {what}: nested too deeply to parse.") from None
+    check_json_text(value, f"The {what}")
+    return value
 
 
 # -- requests ------------------------------------------------------------------------------------

@@ -86,10 +86,18 @@ class _Channel:
                 await self.ws.send_str(frames.dumps(frame))
 
     async def handle(self, text: str) -> None:
+        """Act on one client frame; a malformed one is answered with an ``error`` frame.
+
+        Malformed includes JSON nested too deeply to parse and a lone surrogate in any string
+        (code, options, or the ``text`` of an ``input`` frame). A refused ``input`` answer
+        changes nothing: the run keeps waiting for that prompt, and a valid ``input`` frame
+        with the same ``seq`` still answers it.
+        """
         run_id = None
         try:
-            frame = frames.parse_client_frame(text)
+            frame = _parse(text)
             run_id = frame.run_id
+            _check_strings(frame)
             self.session.touch()
             if frame.type == frames.RUN:
                 self._follow(frame)
@@ -141,6 +149,21 @@ class _Channel:
             if event.name in ("session_terminated", "server_close"):
                 await self.ws.close(code=1001, message=event.name.encode())
                 return
+
+
+def _parse(text: str) -> frames.ClientFrame:
+    """:func:`frames.parse_client_frame`; JSON too deep to parse is malformed too."""
+    try:
+        return frames.parse_client_frame(text)
+    except RecursionError:
+        raise InvalidAPIParamsError("A channel frame is nested too deeply to parse.") from None
+
+
+def _check_strings(frame: frames.ClientFrame) -> None:
+    """Every string of the frame is valid Unicode, as in a request body (``read_json``)."""
+    fields = {"runId": frame.run_id, "code": frame.code, "options": frame.options,
+              "text": frame.text, "interruptId": frame.interrupt_id}  # fmt: skip
+    p.check_json_text(fields, "The channel frame")
 
 
 def _unknown_run(run_id: str) -> ServerError:

@@ -1,39 +1,100 @@
 """Files of a session's work directory: confined paths, uploads, tar downloads, listings.
 
-Every client-given path goes through :func:`confine`, which refuses absolute paths, ``..``
-components (also percent-encoded) and anything whose real path, symlinks resolved, leaves the
-work directory. Nothing is read or written outside it.
+Every client-given path goes through :func:`confine`, which refuses paths no file system can
+take (NUL, lone surrogates or undecodable bytes, a component over ``NAME_MAX`` bytes, a whole
+path over ``PATH_MAX``), absolute paths, ``..`` components (also percent-encoded) and anything
+whose real path, symlinks resolved, leaves the work directory. Nothing is read or written
+outside it. File-system errors caused by the path the client chose (a file where a folder is
+expected, a name too long) are 400 problems, never 500.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import stat
 import tarfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from .. import protocol as p
 from ..errors import InvalidAPIParamsError, NotFoundError, RequestTooLargeError
+
+#: Longest file name (one path component), in bytes, and longest path (Linux's limits).
+NAME_MAX = 255
+PATH_MAX = 4096
+#: Errors of a file-system call that the client's path caused (answered 400, not 500).
+_CLIENT_ERRNOS = frozenset(
+    {errno.ENAMETOOLONG, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ELOOP, errno.EILSEQ,
+     errno.EINVAL}
+)  # fmt: skip
+
+
+def check_path_text(rel: str) -> str:
+    """``rel`` percent-decoded, if a file system can take it as a relative path; 400 otherwise.
+
+    Refused: not a string or empty, percent-escapes that are not UTF-8, NUL, lone surrogates
+    (``"\\ud800"`` in JSON, or header bytes that are not UTF-8), a component longer than
+    ``NAME_MAX`` bytes and a path longer than ``PATH_MAX`` bytes.
+    """
+    if not isinstance(rel, str) or rel == "":
+        raise InvalidAPIParamsError("A file path is required.")
+    if p.has_lone_surrogate(rel):
+        raise InvalidAPIParamsError(
+            f"Invalid file path {rel!r}: it is not valid Unicode (a lone surrogate such as "
+            "\"\\ud800\" in JSON, or a header filename whose bytes are not UTF-8)."
+        )
+    try:
+        decoded = unquote(rel, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidAPIParamsError(
+            f"Invalid file path {rel!r}: its percent-escapes are not UTF-8."
+        ) from None
+    if "\x00" in decoded:
+        raise InvalidAPIParamsError(f"Invalid file path {rel!r}: it contains a NUL character.")
+    encoded = decoded.encode("utf-8")
+    if len(encoded) >= PATH_MAX:
+        raise InvalidAPIParamsError(
+            f"The file path {rel[:60]!r}... is too long: {len(encoded)} bytes, at most "
+            f"{PATH_MAX - 1}."
+        )
+    for part in encoded.split(b"/"):
+        if len(part) > NAME_MAX:
+            raise InvalidAPIParamsError(
+                f"The file name {part[:60].decode(errors='replace')!r}... in {rel[:60]!r} is too "
+                f"long: {len(part)} bytes, at most {NAME_MAX}."
+            )
+    return decoded
+
+
+@contextlib.contextmanager
+def client_os_errors(rel: str) -> Iterator[None]:
+    """Answer an ``OSError`` that the client's path ``rel`` caused as 400 (ENOENT as 404)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise NotFoundError(f"No such file or directory in the session: {rel!r}.") from None
+        if exc.errno in _CLIENT_ERRNOS:
+            raise InvalidAPIParamsError(f"Cannot use the path {rel!r}: {exc.strerror}.") from None
+        raise
 
 
 def confine(
     root: Path, rel: str, *, must_exist: bool = False, extra_roots: Iterable[Path] = ()
 ) -> Path:
-    """The absolute path of ``rel`` inside ``root``; 400 when it would escape.
+    """The absolute path of ``rel`` inside ``root``; 400 when it is invalid or would escape.
 
     ``rel`` is percent-decoded first (the SDK percent-encodes upload names), so ``..%2Fx`` is
     refused like ``../x``. ``extra_roots`` are folders mounted into the work dir: a path that
     resolves into one of them (through its link) is inside too.
     """
-    if not isinstance(rel, str) or rel == "":
-        raise InvalidAPIParamsError("A file path is required.")
-    decoded = unquote(rel)
-    if "\x00" in decoded:
-        raise InvalidAPIParamsError(f"Invalid file path {rel!r}.")
+    decoded = check_path_text(rel)
     if decoded.startswith(("/", "\\")) or os.path.isabs(decoded):
         raise InvalidAPIParamsError(
             f"Absolute paths are not allowed: {rel!r}; give a path relative to the work directory."
@@ -61,13 +122,15 @@ async def save_upload(
 ) -> Path:
     """Write one uploaded file under ``root`` (parents created); 413 past ``max_bytes``."""
     target = confine(root, name, extra_roots=extra_roots)
-    if target.is_dir():
-        raise InvalidAPIParamsError(f"{name!r} is a directory in the session.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.uploading")
+    with client_os_errors(name):
+        if target.is_dir():
+            raise InvalidAPIParamsError(f"{name!r} is a directory in the session.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+    stem = os.fsencode(target.name)[: NAME_MAX - 11].decode("utf-8", "ignore")
+    tmp = target.with_name(f".{stem}.uploading")  # fits NAME_MAX
     written = 0
     try:
-        with open(tmp, "wb") as fh:
+        with client_os_errors(name), open(tmp, "wb") as fh:
             async for chunk in chunks:
                 written += len(chunk)
                 if written > max_bytes:
@@ -76,9 +139,10 @@ async def save_upload(
                         "(ServerApp.max_upload_bytes)."
                     )
                 fh.write(chunk)
-        os.replace(tmp, target)
+        with client_os_errors(name):
+            os.replace(tmp, target)
     finally:
-        if tmp.exists():
+        with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return target
 
@@ -87,7 +151,7 @@ def tar_of(root: Path, rel: str, *, max_bytes: int, extra_roots: Iterable[Path] 
     """A tar archive of one path (a directory with its contents); symlinks stay links."""
     target = confine(root, rel, must_exist=True, extra_roots=extra_roots)
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+    with client_os_errors(rel), tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(target, arcname=target.name or ".", recursive=True)
         if buf.tell() > max_bytes:
             raise RequestTooLargeError(
@@ -111,8 +175,13 @@ def list_dir(root: Path, rel: str, *, extra_roots: Iterable[Path] = ()) -> dict[
     if not target.is_dir():
         raise InvalidAPIParamsError(f"{rel!r} is not a directory.")
     entries = []
-    for entry in sorted(os.scandir(target), key=lambda e: e.name):
-        st = entry.stat(follow_symlinks=False)
+    with client_os_errors(rel):
+        scanned = sorted(os.scandir(target), key=lambda e: e.name)
+    for entry in scanned:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:  # removed since the scan
+            continue
         entries.append(
             {
                 "filename": entry.name,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from jupyter_client.jsonutil import json_default
 
 from .. import protocol as p
@@ -27,14 +29,17 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The JSON object body; ``{}`` when there is none; 400 problem when malformed."""
+    """The JSON object body; ``{}`` when there is none; 400 problem when malformed.
+
+    Every handler reads its body here, so every handler refuses the same malformed input
+    (:func:`remote_kernel.protocol.loads_json`): invalid JSON or UTF-8, nesting too deep to
+    parse, and lone surrogates in any string (code, input answers, file paths, environ...),
+    which no kernel, file system or environment can take.
+    """
     raw = await request.read()
     if not raw.strip():
         return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidAPIParamsError(f"Malformed JSON body: {exc}.") from None
+    body = p.loads_json(raw)
     if not isinstance(body, dict):
         raise InvalidAPIParamsError("The request body must be a JSON object.")
     return body
@@ -65,6 +70,7 @@ async def create_session(request: web.Request) -> web.Response:
     config = body.get("config") or {}
     if not isinstance(config, dict):
         raise InvalidAPIParamsError("'config' must be a JSON object.")
+    check_environ(config.get("environ"))
     session, created = await request.app[manager_key].create(
         request[owner_key],
         name=name,
@@ -82,6 +88,36 @@ async def create_session(request: web.Request) -> web.Response:
         },
         status=201,
     )
+
+
+def check_environ(environ: Any) -> None:
+    """``config.environ`` must be null or an object of strings an environment can hold.
+
+    Checked before the manager starts anything: names non-empty, without ``=`` or NUL; values
+    strings (not numbers or null: ``{"N": "1"}``, not ``{"N": 1}``) without NUL.
+    """
+    if environ is None:
+        return
+    if not isinstance(environ, dict):
+        raise InvalidAPIParamsError(
+            """'config.environ' must be an object of strings, e.g. {"DEBUG": "1"}."""
+        )
+    for key, value in environ.items():
+        if not key or "=" in key or "\x00" in key:
+            raise InvalidAPIParamsError(
+                f"Invalid environment variable name {key!r} in 'config.environ': a name must be "
+                "non-empty and hold no '=' and no NUL character."
+            )
+        if not isinstance(value, str):
+            raise InvalidAPIParamsError(
+                f"'config.environ.{key}' must be a string, not {json.dumps(value)[:40]} "
+                '(quote numbers: "1", not 1).'
+            )
+        if "\x00" in value:
+            raise InvalidAPIParamsError(
+                f"'config.environ.{key}' contains a NUL character, which no environment "
+                "variable can hold."
+            )
 
 
 async def list_sessions(request: web.Request) -> web.Response:
@@ -202,13 +238,24 @@ async def logs(request: web.Request) -> web.Response:
 
 # -- files (protocol §1.7) ---------------------------------------------------------------------
 async def upload(request: web.Request) -> web.Response:
+    """Save each part of a multipart body as a file; 400 when the body is not well-formed.
+
+    A malformed body (no or wrong boundary, truncated, a part without a filename) is refused
+    as soon as it is seen; parts saved before it stay, the part being read is never written
+    (a file is only replaced once it has arrived whole).
+    """
     session = session_of(request)
     settings = request.app[settings_key]
     if not request.content_type.startswith("multipart/"):
         raise InvalidAPIParamsError("Upload as multipart/form-data, one part per file.")
-    reader = await request.multipart()
     count = 0
-    while (part := await reader.next()) is not None:
+    with _multipart_errors():
+        reader = await request.multipart()
+    while True:
+        with _multipart_errors():
+            part = await reader.next()
+        if part is None:
+            break
         name = _raw_filename(part) if isinstance(part, aiohttp.BodyPartReader) else None
         if not isinstance(part, aiohttp.BodyPartReader) or not name:
             raise InvalidAPIParamsError("Every upload part needs a filename.")
@@ -226,6 +273,15 @@ async def upload(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@contextlib.contextmanager
+def _multipart_errors() -> Iterator[None]:
+    """aiohttp's multipart reader reports a malformed body as ValueError (or an assertion)."""
+    try:
+        yield
+    except (ValueError, AssertionError, HttpProcessingError) as exc:
+        raise InvalidAPIParamsError(f"Malformed multipart body: {exc}.") from None
+
+
 _FILENAME_RE = re.compile(r'(?:^|;)\s*filename\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))', re.I)
 
 
@@ -241,8 +297,16 @@ def _raw_filename(part: aiohttp.BodyPartReader) -> str | None:
 
 
 async def _chunks(part: aiohttp.BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(256 * 1024):
-        yield chunk
+    """The part's content, up to its closing boundary; 400 if the body ends before it.
+
+    (An empty chunk is not the end: at the end of a truncated body aiohttp returns empty
+    chunks, then raises; only ``at_eof()`` says the boundary was found.)
+    """
+    while not part.at_eof():
+        with _multipart_errors():
+            chunk = await part.read_chunk(256 * 1024)
+        if chunk:
+            yield chunk
 
 
 async def download(request: web.Request) -> web.Response:

@@ -219,7 +219,11 @@ class Run:
 
         With an ``input_seq`` the line answers exactly prompt number ``seq``: a repeat (a retried
         request) or an answer to another prompt is ignored, so a kernel is never fed twice.
+        A line the kernel could not be sent (a lone surrogate) is refused with
+        :class:`~remote_kernel.errors.InvalidAPIParamsError` before anything changes: the run
+        keeps waiting, and a valid answer to the same prompt still works.
         """
+        p.check_text(text, "The input answer")
         if seq is not None and (seq == self.last_input_seq or seq != self.prompts):
             return False
         if not self.waiting_input or self._input is None or self._input.done():

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 import secrets
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -51,7 +52,12 @@ async def stream_execute(request: web.Request) -> web.WebSocketResponse:
     """One run per connection: first frame ``{code, mode, options}``, then one frame per result.
 
     A plain text frame answers ``waiting-input``; the server closes after ``finished``; a client
-    that goes away mid-run interrupts it.
+    that goes away mid-run interrupts it. A malformed first frame (not JSON, nested too deeply,
+    a lone surrogate in any string) gets ``{"status": "error", "msg"}`` and the close, as the
+    SDK expects. The SDK protocol has no way to refuse one answer and ask again, so a lone
+    surrogate in an answer is replaced by U+FFFD and the line is given to the kernel (a text
+    frame that is not UTF-8 never gets here: aiohttp closes the socket with 1007, which
+    interrupts the run like any other disconnect).
     """
     session = session_of(request)
     settings = request.app[settings_key]
@@ -92,7 +98,7 @@ async def _run_over_socket(
                 if line is None:
                     await session.runner.interrupt(run.run_id)
                     return ws
-                run.give_input(line, None)
+                run.give_input(p.replace_lone_surrogates(line), None)
         await ws.close()
         return ws
     except RemoteKernelError as exc:
@@ -106,10 +112,7 @@ async def _run_over_socket(
 def _first_request(msg: Any, *, jupyter: bool) -> p.ExecuteRequest:
     if msg.type != WSMsgType.TEXT:
         raise InvalidAPIParamsError("the first frame must be JSON text {code, mode, options}")
-    try:
-        frame = json.loads(msg.data)
-    except ValueError:
-        raise InvalidAPIParamsError("the first frame is not valid JSON") from None
+    frame = p.loads_json(msg.data, "first frame")
     if not isinstance(frame, dict) or frame.get("mode", "query") not in ("query", "batch"):
         raise InvalidAPIParamsError("mode must be 'query' or 'batch'")
     options = frame.get("options") or {}
@@ -177,16 +180,16 @@ async def _shell_over_socket(ws: web.WebSocketResponse, session: Any) -> web.Web
             if msg.type != WSMsgType.TEXT:
                 continue
             session.touch()
-            try:
-                frame = json.loads(msg.data)
-            except ValueError:
+            try:  # a malformed frame is ignored, as before: the PTY has no error frame
+                frame = p.loads_json(msg.data, "PTY frame")
+                kind = frame.get("type") if isinstance(frame, dict) else None
+                if kind == "stdin":
+                    terminal.write(base64.b64decode(frame.get("chars", "")))
+                elif kind == "resize":
+                    terminal.resize(int(frame.get("rows", 24)), int(frame.get("cols", 80)))
+            except (InvalidAPIParamsError, ValueError, TypeError, OverflowError, struct.error):
                 continue
-            kind = frame.get("type") if isinstance(frame, dict) else None
-            if kind == "stdin":
-                terminal.write(base64.b64decode(frame.get("chars", "")))
-            elif kind == "resize":
-                terminal.resize(int(frame.get("rows", 24)), int(frame.get("cols", 80)))
-            elif kind == "ping":
+            if kind == "ping":
                 await ws.send_str(json.dumps({"type": "pong"}))
             elif kind == "restart":
                 terminal.on_exit = lambda: None
