@@ -146,6 +146,10 @@ def test_demo_failing_cell_exits_nonzero_and_cleans_up(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and /proc")
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_demo_ctrl_c_stops_everything(tmp_path):
     env, tmpdir = demo_env(tmp_path)
     notebook = tmp_path / "slow.ipynb"
@@ -158,6 +162,9 @@ def test_demo_ctrl_c_stops_everything(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a suite started as a background job (`cmd &` in a script) has
+        # SIGINT ignored, which children inherit, and then Ctrl-C could not reach the demo
+        preexec_fn=_default_sigint,
     )
     try:
         assert proc.stdout is not None
