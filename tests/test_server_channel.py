@@ -267,3 +267,23 @@ async def test_channel_route_absent_without_extensions(aiohttp_client: Any, tmp_
     resp = await client.get("/stream/session/x/channel")
     assert resp.status == 404
     await asyncio.sleep(0)
+
+
+async def test_a_bug_in_a_socket_handler_closes_it_with_1011(
+    app_client: Any, session_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error after the upgrade: the socket is closed with 1011 (no HTTP answer
+    can be written into an open WebSocket), and the server carries on."""
+    ch = await open_channel(app_client, session_id)
+
+    def broken(text: str) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(frames, "parse_client_frame", broken)
+    await ch.send(frames.ack("r", 0))
+    msg = await ch.ws.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1011
+    monkeypatch.undo()
+    ch2 = await open_channel(app_client, session_id)
+    await ch2.send(frames.run("r9", "print(9)", JUPYTER, 0))
+    assert stdout(await ch2.finished("r9")) == "9\n"

@@ -6,12 +6,13 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import secrets
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from .. import protocol as p
 from ..errors import InvalidAPIParamsError, RemoteKernelError
@@ -20,6 +21,8 @@ from .events import SERVER_CLOSE, Subscription
 from .handlers import session_of
 from .settings import ServerSettings
 from .terminal import Terminal
+
+log = logging.getLogger("remote_kernel.server")
 
 SSE_PING_INTERVAL = 15.0
 #: The open WebSockets, closed at shutdown (each handler removes its own when it ends).
@@ -36,13 +39,20 @@ async def close_streams(app: web.Application) -> None:
 
 @contextlib.asynccontextmanager
 async def open_ws(request: web.Request) -> AsyncIterator[web.WebSocketResponse]:
-    """A prepared WebSocket, registered for shutdown while the handler runs."""
+    """A prepared WebSocket, registered for shutdown while the handler runs.
+
+    An unexpected error inside is logged and closes the socket with 1011 (internal error): once
+    the socket is open, an HTTP problem response can no longer be sent.
+    """
     ws = web.WebSocketResponse(heartbeat=30)
     await ws.prepare(request)
     sockets = request.app[websockets_key]
     sockets.add(ws)
     try:
         yield ws
+    except Exception:
+        log.exception("WebSocket %s failed", request.path)
+        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal server error")
     finally:
         sockets.discard(ws)
 
@@ -62,7 +72,8 @@ async def stream_execute(request: web.Request) -> web.WebSocketResponse:
     session = session_of(request)
     settings = request.app[settings_key]
     async with open_ws(request) as ws:
-        return await _run_over_socket(ws, session, settings)
+        await _run_over_socket(ws, session, settings)
+    return ws
 
 
 async def _run_over_socket(
@@ -155,7 +166,8 @@ async def stream_pty(request: web.Request) -> web.WebSocketResponse:
     """A shell in the session's work dir; frames: stdin, resize, ping, restart → out."""
     session = session_of(request)
     async with open_ws(request) as ws:
-        return await _shell_over_socket(ws, session)
+        await _shell_over_socket(ws, session)
+    return ws
 
 
 async def _shell_over_socket(ws: web.WebSocketResponse, session: Any) -> web.WebSocketResponse:
