@@ -10,6 +10,7 @@ expected, a name too long) are 400 problems, never 500.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import io
@@ -147,24 +148,116 @@ async def save_upload(
     return target
 
 
-def tar_of(root: Path, rel: str, *, max_bytes: int, extra_roots: Iterable[Path] = ()) -> bytes:
-    """A tar archive of one path (a directory with its contents); symlinks stay links."""
-    target = confine(root, rel, must_exist=True, extra_roots=extra_roots)
-    buf = io.BytesIO()
-    with client_os_errors(rel), tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(target, arcname=target.name or ".", recursive=True)
-        if buf.tell() > max_bytes:
-            raise RequestTooLargeError(
-                f"{rel!r} is larger than the server's download limit of {max_bytes} bytes "
-                "(ServerApp.max_download_bytes)."
-            )
-    data = buf.getvalue()
-    if len(data) > max_bytes:
-        raise RequestTooLargeError(
-            f"{rel!r} is larger than the server's download limit of {max_bytes} bytes "
-            "(ServerApp.max_download_bytes)."
-        )
-    return data
+#: Bytes a download reads from a file (in a worker thread) and sends at a time.
+READ_CHUNK = 256 * 1024
+
+
+#: What a download may send beyond its checked size before it is cut off (long-name headers,
+#: which :func:`tar_size` leaves out; a file growing while it is sent).
+DOWNLOAD_SLACK = 1024 * 1024
+
+
+class DownloadBudget:
+    """Bytes a download may still send, shared by its archives (``max_bytes`` plus
+    ``DOWNLOAD_SLACK``: the limit itself was checked before the response started)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.left = max_bytes + DOWNLOAD_SLACK
+
+    def spend(self, rel: str, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise _too_large(rel, self.max_bytes)
+
+
+def _too_large(rel: str, max_bytes: int) -> RequestTooLargeError:
+    return RequestTooLargeError(
+        f"{rel!r} is larger than the server's download limit of {max_bytes} bytes "
+        "(ServerApp.max_download_bytes)."
+    )
+
+
+def tar_size(target: Path) -> int:
+    """The size of the tar archive :func:`tar_stream` makes of ``target`` (without the extra
+    headers of names over 100 bytes): a 512-byte header per entry, file data in 512-byte
+    blocks, two end blocks, padded to whole records. Symlinks are not followed."""
+    total = 0
+    stack = [str(target)]
+    while stack:
+        path = stack.pop()
+        st = os.lstat(path)
+        total += tarfile.BLOCKSIZE
+        if stat.S_ISREG(st.st_mode):
+            total += -(-st.st_size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        elif stat.S_ISDIR(st.st_mode):
+            stack.extend(os.path.join(path, name) for name in os.listdir(path))
+    total += 2 * tarfile.BLOCKSIZE
+    return -(-total // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+def download_targets(
+    root: Path, names: list[str], *, max_bytes: int, extra_roots: Iterable[Path] = ()
+) -> list[Path]:
+    """The confined path of each name to download; 400/404 for a bad one, and 413 when their
+    archives together would exceed ``max_bytes``: all checked before anything is sent."""
+    roots = list(extra_roots)
+    targets = [confine(root, name, must_exist=True, extra_roots=roots) for name in names]
+    total = 0
+    for name, target in zip(names, targets, strict=True):
+        with client_os_errors(name):
+            total += tar_size(target)
+        if total > max_bytes:
+            raise _too_large(name, max_bytes)
+    return targets
+
+
+async def tar_stream(target: Path, rel: str, budget: DownloadBudget) -> AsyncIterator[bytes]:
+    """A tar archive of one path (a directory with its contents; symlinks stay links), made
+    piece by piece as it is sent: the same bytes as ``tarfile.add`` writes, but never more than
+    ``READ_CHUNK`` of it in memory. Files are read in a worker thread. Past ``budget`` (a file
+    grew since :func:`download_targets` checked) it stops with 413, which aborts the response."""
+    loop = asyncio.get_running_loop()
+    tar = tarfile.TarFile(fileobj=io.BytesIO(), mode="w")  # for gettarinfo/tobuf only
+    out = bytearray()
+    offset = 0
+    stack = [(str(target), target.name or ".")]
+    with client_os_errors(rel):
+        while stack:
+            path, arcname = stack.pop()
+            info = tar.gettarinfo(path, arcname)
+            if info is None:  # a socket, a fifo...: tarfile.add skips it too
+                continue
+            out += info.tobuf(tar.format, tar.encoding, tar.errors)
+            if info.isreg():
+                with open(path, "rb") as fh:
+                    remaining = info.size
+                    while remaining > 0:
+                        chunk = await loop.run_in_executor(
+                            None, fh.read, min(READ_CHUNK, remaining)
+                        )
+                        if not chunk:
+                            raise OSError(errno.EIO, f"{arcname} shrank while being sent")
+                        remaining -= len(chunk)
+                        out += chunk
+                        if len(out) >= READ_CHUNK:
+                            budget.spend(rel, len(out))
+                            offset += len(out)
+                            yield bytes(out)
+                            out.clear()
+                out += tarfile.NUL * (-info.size % tarfile.BLOCKSIZE)
+            elif info.isdir():
+                names = sorted(os.listdir(path), reverse=True)  # popped in sorted order
+                stack.extend((os.path.join(path, n), f"{arcname}/{n}") for n in names)
+            if len(out) >= READ_CHUNK:
+                budget.spend(rel, len(out))
+                offset += len(out)
+                yield bytes(out)
+                out.clear()
+    out += tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+    out += tarfile.NUL * (-(offset + len(out)) % tarfile.RECORDSIZE)
+    budget.spend(rel, len(out))
+    yield bytes(out)
 
 
 def list_dir(root: Path, rel: str, *, extra_roots: Iterable[Path] = ()) -> dict[str, Any]:

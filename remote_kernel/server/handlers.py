@@ -310,6 +310,12 @@ async def _chunks(part: aiohttp.BodyPartReader) -> AsyncIterator[bytes]:
 
 
 async def download(request: web.Request) -> web.Response:
+    """``multipart/mixed``, one part per path, each a tar archive, streamed as it is made.
+
+    Every path is checked (400/404) and the archives' total size against
+    ``max_download_bytes`` (413) before anything is sent; then each archive is produced piece
+    by piece (:func:`files.tar_stream`), so a download never holds a whole file in memory.
+    """
     session = session_of(request)
     names = request.query.getall("files", [])
     if not names:
@@ -317,15 +323,13 @@ async def download(request: web.Request) -> web.Response:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise InvalidAPIParamsError("Name the files to download: ?files=a&files=b.")
     limit = request.app[settings_key].max_download_bytes
+    targets = files.download_targets(
+        session.runner.work_dir, names, max_bytes=limit, extra_roots=session.mounts.values()
+    )
+    budget = files.DownloadBudget(limit)
     writer = aiohttp.MultipartWriter("mixed")
-    total = 0
-    for name in names:
-        data = files.tar_of(
-            session.runner.work_dir, name, max_bytes=limit - total,
-            extra_roots=session.mounts.values(),
-        )  # fmt: skip
-        total += len(data)
-        writer.append(data, {"Content-Type": "application/x-tar"})
+    for name, target in zip(names, targets, strict=True):
+        writer.append(files.tar_stream(target, name, budget), {"Content-Type": "application/x-tar"})
     session.touch()
     return web.Response(body=writer)
 
