@@ -11,6 +11,8 @@ Same harness as ``tests/test_sdk.py``: every scenario runs in the SDK's own cach
 - ``stream_execute_input``: WebSocket execute with ``input()`` answered by a plain text frame.
 - ``stream_pty``: a shell command typed into the PTY WebSocket.
 - ``listen_events``: the SSE stream sees ``session_terminated`` and stops at ``server_close``.
+- ``vfolders``: ``VFolder.create`` / ``list`` / ``info`` / ``delete`` and a session mounting the
+  folder; the second keypair can neither see, mount nor delete it.
 """
 
 from __future__ import annotations
@@ -192,3 +194,22 @@ def test_listen_events_sees_destroy_and_stops_at_server_close(run, sdk):
     for event in events:
         assert event["data"]["sessionId"] == out["session_id"]
     assert out["destroyed"]["stats"] == {"status": "terminated"}
+
+
+# -- folders ---------------------------------------------------------------------------------------
+def test_vfolders_create_list_mount_delete(run):
+    out = run("vfolders")
+    folder = out["folder"]
+    assert out["created"]["name"] == folder and out["created"]["id"]
+    assert out["listed"] == [folder]
+    assert out["info"]["name"] == folder and out["info"]["id"] == out["created"]["id"]
+    assert out["run"]["stdout"] == "['hello.txt']\n"
+    assert out["other_listed"] == []
+    for attempt in ("other_info", "other_mount", "other_delete"):
+        error = out[attempt]["api_error"]
+        assert error["status"] == 404, (attempt, error)
+        assert error["data"]["data"] == {"available": []}, (attempt, error)  # names nothing
+    assert out["info_after"]["num_files"] == 1
+    assert out["deleted"] == {}
+    assert out["listed_after"] == []
+    assert out["mount_deleted"]["api_error"]["status"] == 404

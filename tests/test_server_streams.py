@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from remote_kernel.protocol import strip_ansi
+from remote_kernel.server.folders import owner_dir_name
 
 from .conftest import ServerProcess
 from .rawapi import RawAPI
@@ -172,14 +173,16 @@ async def test_events_for_own_session_end_with_server_close(
 # -- mounts ------------------------------------------------------------------------------------
 async def test_mounted_folder_outlives_the_session(api: RawAPI, server: ServerProcess) -> None:
     folder = f"shared-{uuid.uuid4().hex[:6]}"
-    (server.state_dir / "vfolders" / folder).mkdir(parents=True)
+    status, body = await api.call("POST", "/folders", {"name": folder})
+    assert status == 201, body
+    on_disk = server.state_dir / "vfolders" / owner_dir_name(api.keypair.access_key) / folder
     first = await api.create(f"t-m1-{uuid.uuid4().hex[:6]}", config={"mounts": [folder]})
     records, result = await api.run(first, f"open('{folder}/note.txt', 'w').write('from one')")
     assert result["exitCode"] == 0
     status, body = await api.call("GET", f"/session/{first}/files?path={folder}")
     assert status == 200 and "note.txt" in body["files"]
     await api.destroy(first)
-    assert (server.state_dir / "vfolders" / folder / "note.txt").read_text() == "from one"
+    assert (on_disk / "note.txt").read_text() == "from one"
     second = await api.create(
         f"t-m2-{uuid.uuid4().hex[:6]}", config={"mount_map": {folder: "/home/work/data"}}
     )
@@ -203,7 +206,8 @@ async def test_mounted_folder_outlives_the_session(api: RawAPI, server: ServerPr
 async def test_bad_mounts_refused(
     api: RawAPI, server: ServerProcess, config: dict, status: int
 ) -> None:
-    (server.state_dir / "vfolders" / "ok-folder").mkdir(parents=True, exist_ok=True)
+    created, _ = await api.call("POST", "/folders", {"name": "ok-folder"})
+    assert created in (201, 409)  # made by an earlier case
     got, body = await api.call(
         "POST", "/session", {"image": "python", "name": f"t-bad-{uuid.uuid4().hex[:6]}",
                              "config": config},

@@ -161,8 +161,8 @@ class ServerApp(Application):
         f"Environment: {_env('max_download_bytes')}.",
     ).tag(config=True)
     vfolder_root = Unicode(
-        help="Folder whose subfolders sessions may mount (config.mounts / mount_map); they "
-        "outlive sessions. Environment: "
+        help="Folder holding each access key's folders (POST /folders), which its sessions "
+        "mount (config.mounts / mount_map) and which outlive sessions. Environment: "
         f"{_env('vfolder_root')} (default: <state dir>/vfolders).",
     ).tag(config=True)
     debug = Bool(

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from .. import protocol as p
 from . import channel, streams
+from . import folder_handlers as fh
 from . import handlers as h
 from .settings import ServerSettings
 
@@ -14,6 +15,13 @@ def setup_routes(app: web.Application, settings: ServerSettings) -> None:
     """Backend.AI v≥5 paths (``/session``), with the legacy ``/kernel`` aliases."""
     app.router.add_get("/", h.hello)
     app.router.add_get("/events/session", streams.session_events)
+    # Virtual folders: each access key's own (remote_kernel/server/folders.py).
+    app.router.add_post("/folders", fh.create_folder)
+    app.router.add_get("/folders", fh.list_folders)
+    app.router.add_delete("/folders", fh.delete_folder_by_id)
+    app.router.add_get("/folders/_/id", fh.folder_id)
+    app.router.add_get("/folders/{name}", fh.folder_info)
+    app.router.add_delete("/folders/{name}", fh.delete_folder)
     for prefix in ("/session", "/kernel"):
         app.router.add_post(prefix, h.create_session)
         app.router.add_get(prefix, h.list_sessions)

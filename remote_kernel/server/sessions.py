@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import shutil
 import time
 import uuid
@@ -26,12 +25,12 @@ from ..errors import (
 )
 from ..protocol import SESSION_NAME_RE
 from .events import Event, EventHub
+from .folders import FolderStore
 from .runner import SessionRunner
 
 log = logging.getLogger("remote_kernel.server")
 
 PYTHON_KERNEL = "python3"
-VFOLDER_NAME_RE = re.compile(r"^[\w][\w.-]{0,63}$", re.ASCII)
 WORK_PREFIX = "/home/work/"
 
 
@@ -139,6 +138,7 @@ class SessionManager:
     ) -> None:
         self.sessions_dir = Path(state_dir) / "sessions"
         self.vfolder_root = Path(vfolder_root or Path(state_dir) / "vfolders")
+        self.vfolders = FolderStore(self.vfolder_root)  # each key's own folders (POST /folders)
         self.events = EventHub()
         self.max_sessions_per_key = max_sessions_per_key
         self.idle_timeout = idle_timeout
@@ -227,7 +227,7 @@ class SessionManager:
                 f"This keypair already has {self.max_sessions_per_key} sessions; destroy one "
                 "first (DELETE /session/{id}) or raise ServerApp.max_sessions_per_key."
             )
-        folders = self._mount_plan(config)
+        folders = self._mount_plan(owner, config)
         # Reserve the slot with no await since the count above: concurrent creates see it.
         self._starting[owner] = self._starting.get(owner, 0) + 1
         done = asyncio.Event()  # shutdown_all waits for this start to be settled
@@ -287,35 +287,34 @@ class SessionManager:
     def _publish(self, name: str, session: Session, reason: str) -> None:
         self.events.publish(Event(name, session.owner, session.id, session.name, reason))
 
-    def folders(self) -> list[str]:
-        """The folders sessions may mount (subfolders of ``vfolder_root``)."""
-        if not self.vfolder_root.is_dir():
-            return []
-        return sorted(p.name for p in self.vfolder_root.iterdir() if p.is_dir())
+    def _mount_plan(self, owner: str, config: dict[str, Any]) -> dict[str, Path]:
+        """The folders to mount → {path inside the work dir: folder on the server}.
 
-    def _mount_plan(self, config: dict[str, Any]) -> dict[str, Path]:
-        """``config.mounts`` / ``mount_map`` → {path inside the work dir: folder on the server}.
-
-        Folders live under ``vfolder_root`` and outlive sessions; a name that does not exist is
-        404, a name or destination that would escape is 400.
+        ``config.mounts`` / ``mount_map`` name the caller's own folders (``POST /folders``),
+        ``mount_ids`` / ``mount_id_map`` give their ids (the 26.x SDK); folders outlive
+        sessions. A folder the caller does not have is 404 (listing the caller's folders only),
+        a name or destination that would escape is 400.
         """
         mounts = config.get("mounts") or []
         mount_map = config.get("mount_map") or {}
-        if not isinstance(mounts, list) or not isinstance(mount_map, dict):
-            raise InvalidAPIParamsError("'config.mounts' must be a list, 'mount_map' an object.")
-        plan: dict[str, Path] = {}
+        mount_ids = config.get("mount_ids") or []
+        mount_id_map = config.get("mount_id_map") or {}
+        if not all(isinstance(x, list) for x in (mounts, mount_ids)) or not all(
+            isinstance(x, dict) for x in (mount_map, mount_id_map)
+        ):
+            raise InvalidAPIParamsError(
+                "'config.mounts' and 'mount_ids' must be lists, 'mount_map' and 'mount_id_map' "
+                "objects."
+            )
+        wanted: list[tuple[Path, Any]] = []
         for name in [*mounts, *[m for m in mount_map if m not in mounts]]:
-            if not isinstance(name, str) or not VFOLDER_NAME_RE.match(name) or name in (".", ".."):
-                raise InvalidAPIParamsError(f"Invalid folder name {name!r}.")
-            folder = self.vfolder_root / name
-            if not folder.is_dir():
-                available = self.folders()
-                raise NotFoundError(
-                    f"No such folder to mount: {name!r}. Folders on this server: "
-                    f"{', '.join(available) or 'none'} (under {self.vfolder_root}).",
-                    data={"available": available},
-                )
-            dest = str(mount_map.get(name) or name)
+            wanted.append((self.vfolders.mount_source(owner, name), mount_map.get(name) or name))
+        for key in [*mount_ids, *[m for m in mount_id_map if m not in mount_ids]]:
+            folder = self.vfolders.by_id(owner, key)
+            wanted.append((folder.path.resolve(), mount_id_map.get(key) or folder.name))
+        plan: dict[str, Path] = {}
+        for source, target in wanted:
+            dest = str(target)
             if dest.startswith(WORK_PREFIX):
                 dest = dest[len(WORK_PREFIX) :]
             parts = dest.strip("/").split("/")
@@ -323,7 +322,7 @@ class SessionManager:
                 raise InvalidAPIParamsError(
                     f"Mount destination {dest!r} must be a path inside the work directory."
                 )
-            plan["/".join(parts)] = folder.resolve()
+            plan["/".join(parts)] = source
         return plan
 
     async def restart(self, session: Session) -> None:

@@ -420,6 +420,56 @@ def other_key(name: str) -> dict[str, Any]:
         return {"other_get_info": seen}
 
 
+def vfolders(name: str) -> dict[str, Any]:
+    """``VFolder.create`` / ``list`` / ``info``, a session mounting the folder, ``delete``; the
+    other keypair sees none of it and cannot mount it."""
+    other = APIConfig(
+        endpoint=os.environ["BACKEND_ENDPOINT"],
+        access_key=os.environ["RK_OTHER_ACCESS_KEY"],
+        secret_key=os.environ["RK_OTHER_SECRET_KEY"],
+    )
+    folder = name  # unique per run, and a valid folder name
+    out: dict[str, Any] = {"folder": folder}
+
+    def attempt(call: Any) -> Any:
+        try:
+            return call()
+        except BackendAPIError as exc:
+            return {"api_error": api_error(exc)}
+
+    with Session() as api:
+        out["created"] = api.VFolder.create(folder)
+        out["listed"] = [f["name"] for f in api.VFolder.list()]
+        out["info"] = api.VFolder(folder).info()
+        compute = api.ComputeSession.get_or_create(IMAGE, name=name, mounts=[folder])
+        try:
+            out["run"] = run_loop(
+                compute,
+                f"open('{folder}/hello.txt', 'w').write('hi')\n"
+                f"import os; print(sorted(os.listdir('{folder}')))",
+            )
+            with Session(config=other) as api2:
+                out["other_listed"] = [f["name"] for f in api2.VFolder.list()]
+                out["other_info"] = attempt(lambda: api2.VFolder(folder).info())
+                out["other_mount"] = attempt(
+                    lambda: api2.ComputeSession.get_or_create(
+                        IMAGE, name=name + "-b", mounts=[folder]
+                    ).destroy()
+                )
+                out["other_delete"] = attempt(lambda: api2.VFolder(folder).delete())
+        finally:
+            compute.destroy()
+        out["info_after"] = api.VFolder(folder).info()
+        out["deleted"] = api.VFolder(folder).delete()
+        out["listed_after"] = [f["name"] for f in api.VFolder.list()]
+        out["mount_deleted"] = attempt(
+            lambda: api.ComputeSession.get_or_create(
+                IMAGE, name=name + "-c", mounts=[folder]
+            ).destroy()
+        )
+    return out
+
+
 SCENARIOS = {
     f.__name__: f
     for f in (
@@ -439,6 +489,7 @@ SCENARIOS = {
         destroy,
         wrong_secret,
         other_key,
+        vfolders,
     )
 }
 
