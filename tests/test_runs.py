@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from remote_kernel.server.runs import RecordLog, Run
+from remote_kernel.server.record_log import RecordLog
+from remote_kernel.server.runs import Run
 
 pytestmark = pytest.mark.timeout(10)
 

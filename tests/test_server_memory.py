@@ -25,7 +25,8 @@ import pytest
 
 from remote_kernel.errors import RequestTooLargeError
 from remote_kernel.server import files
-from remote_kernel.server.runs import PAGE_BYTES, RecordLog, Run, RunTable
+from remote_kernel.server.record_log import RecordLog
+from remote_kernel.server.runs import PAGE_BYTES, Run, RunTable
 
 from .conftest import ServerProcess, start_server
 from .rawapi import RawAPI
