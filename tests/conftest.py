@@ -17,8 +17,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from remote_kernel.server.app import make_app
+from remote_kernel.server.keystore import KeyStore
+from remote_kernel.server.sessions import SessionManager
+from remote_kernel.server.settings import ServerSettings
 
 from .rawapi import RawAPI
 
@@ -153,3 +159,14 @@ async def sid(api: RawAPI) -> AsyncIterator[str]:
     session_id = await api.create(f"t-{uuid.uuid4().hex[:12]}")
     yield session_id
     await api.destroy(session_id)
+
+
+@pytest.fixture
+async def app_client(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[Any]:
+    """The server's aiohttp app in this process (anonymous, real kernels), on loopback through
+    pytest-aiohttp: for tests that need no server subprocess."""
+    manager = SessionManager(tmp_path / "state")
+    app = make_app(manager, KeyStore(tmp_path / "state"), ServerSettings(auth_required=False))
+    client = await aiohttp_client(app)
+    yield client
+    await client.close()

@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +55,6 @@ class Channel:
         return await self.until(
             lambda f: f["type"] == "result" and f["runId"] == run_id and f["status"] == "finished"
         )
-
-
-@pytest.fixture
-async def app_client(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[Any]:
-    manager = SessionManager(tmp_path / "state")
-    app = make_app(manager, KeyStore(tmp_path / "state"), ServerSettings(auth_required=False))
-    client = await aiohttp_client(app)
-    yield client
-    await client.close()
 
 
 @pytest.fixture

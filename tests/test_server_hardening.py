@@ -13,7 +13,6 @@ import asyncio
 import io
 import json
 import tarfile
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,15 +38,6 @@ BAD = "invalid-api-params"
 JSON = {"Content-Type": "application/json"}
 LONG = "a" * 300  # one path component over NAME_MAX (255 bytes)
 ASK = "x = input('name? ')\nprint('hello', x)\n"
-
-
-@pytest.fixture
-async def app_client(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[Any]:
-    manager = SessionManager(tmp_path / "state")
-    app = make_app(manager, KeyStore(tmp_path / "state"), ServerSettings(auth_required=False))
-    client = await aiohttp_client(app)
-    yield client
-    await client.close()
 
 
 @pytest.fixture
