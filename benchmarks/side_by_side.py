@@ -78,6 +78,8 @@ from typing import IO, Any
 import aiohttp
 from stats import percentile  # benchmarks/stats.py
 
+from remote_kernel.demo import log_tail
+
 ROOT = Path(__file__).resolve().parent.parent
 RELAY_SCRIPT = ROOT / "tests" / "relay.py"
 PROXY_SPEC = "remote-python-side-by-side"
@@ -181,14 +183,6 @@ def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
     reap(tree, 5.0)
 
 
-def tail(path: Path, lines: int = 12) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join("    " + line for line in text[-lines:])
-
-
 def log_hint(path: Path) -> str:
     """The last error line of a log (a kernel's traceback ends up in jupyter_server's log)."""
     try:
@@ -232,7 +226,7 @@ def wait_http(url: str, headers: dict[str, str], timeout: float, child: Child) -
     while time.monotonic() < deadline:
         if child.proc.poll() is not None:
             raise RuntimeError(
-                f"exited with {child.proc.returncode}; its log:\n{tail(child.log_path)}"
+                f"exited with {child.proc.returncode}; its log:\n{log_tail(child.log_path, 12)}"
             )
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5):
@@ -240,7 +234,8 @@ def wait_http(url: str, headers: dict[str, str], timeout: float, child: Child) -
         except (urllib.error.URLError, OSError) as exc:
             last = str(exc)
         time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready in {timeout:.0f}s ({last}); log:\n{tail(child.log_path)}")
+    log = log_tail(child.log_path, 12)
+    raise TimeoutError(f"{url} not ready in {timeout:.0f}s ({last}); log:\n{log}")
 
 
 class RelayProcess:

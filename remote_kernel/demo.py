@@ -54,7 +54,8 @@ def _drain(stream: IO[str], sink: IO[str]) -> None:
             sink.flush()
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log file, indented (empty if it cannot be read)."""
     try:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -130,7 +131,7 @@ class DemoServer:
             code = self.proc.poll()
             state = f"exited with {code}" if code is not None else f"gave no address in {timeout}s"
             self.stop()
-            raise DemoError(f"The server {state}. Its log:\n{_tail(self.log_path)}")
+            raise DemoError(f"The server {state}. Its log:\n{log_tail(self.log_path)}")
         self.endpoint = found[0]
 
     def stop(self) -> None:
@@ -329,7 +330,7 @@ class DemoApp(SubcommandApp):
         except Exception as exc:
             raise DemoError(
                 f"The remote kernel failed: {type(exc).__name__}: {exc}\n"
-                f"Its log:\n{_tail(log_path)}"
+                f"Its log:\n{log_tail(log_path)}"
             ) from exc
         finally:
             if client.km is not None:  # startup failed half-way, or an interrupt
