@@ -60,6 +60,7 @@ class ServerProcess:
     proc: subprocess.Popen[str]
     log_path: Path
     extra_keys: list[tuple[str, str]] = field(default_factory=list)
+    sandbox: str = "none"  # what the banner says: "bubblewrap" or "none"
 
     @property
     def env(self) -> dict[str, str]:
@@ -113,6 +114,7 @@ def start_server(tmp: Path, *args: str, keys: int = 1, timeout: float = 60) -> S
     )  # fmt: skip
     deadline = time.monotonic() + timeout
     endpoint = None
+    sandbox = "none"
     assert proc.stdout is not None
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -121,13 +123,17 @@ def start_server(tmp: Path, *args: str, keys: int = 1, timeout: float = 60) -> S
         match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
         if match:
             endpoint = match.group(1)
+            found = re.search(r"sandbox (\w+)", line)
+            sandbox = found.group(1) if found else "none"
             break
     if endpoint is None:
         proc.kill()
         proc.wait()
         raise RuntimeError(f"server did not start: {log_path.read_text()}")
     access, secret = pairs[0] if pairs else ("", "")
-    return ServerProcess(endpoint, access, secret, state_dir, proc, log_path, pairs[1:])
+    return ServerProcess(
+        endpoint, access, secret, state_dir, proc, log_path, pairs[1:], sandbox=sandbox
+    )
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ Same harness as ``tests/test_sdk.py``: every scenario runs in the SDK's own cach
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,13 +59,23 @@ def run(sdk: Sdk, server: Any, tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def slow_finish_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Like ``server``, but its kernels answer 0.5 s after sending a cell's output."""
+    """Like ``server``, but its kernels answer 0.5 s after sending a cell's output.
+
+    The kernels get the hook from a ``python3`` kernelspec of the test's own (first on
+    JUPYTER_PATH) that runs a file from its resource directory at start: kernels see neither
+    the server's environment nor its IPython directory.
+    """
     base = tmp_path_factory.mktemp("slow-finish")
-    startup = base / "ipython" / "profile_default" / "startup"
-    startup.mkdir(parents=True)
-    (startup / "00-slow-finish.py").write_text(SLOW_FINISH_STARTUP)
+    spec = base / "share" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "slow_finish.py").write_text(SLOW_FINISH_STARTUP)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                 "--IPKernelApp.exec_files={resource_dir}/slow_finish.py"],
+        "display_name": "Python 3 (slow finish)", "language": "python",
+    }))  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IPYTHONDIR", str(base / "ipython"))  # the server's kernels inherit it
+        mp.setenv("JUPYTER_PATH", str(base / "share"))
         srv = start_server(base, keys=2)
     yield srv
     srv.stop()

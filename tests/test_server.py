@@ -138,7 +138,7 @@ async def test_info_has_kernel_info_and_destroy_then_404(api: RawAPI) -> None:
     assert status == 404
 
 
-async def test_environ_and_work_dir(api: RawAPI) -> None:
+async def test_environ_and_work_dir(api: RawAPI, server: ServerProcess) -> None:
     sid = await api.create(
         f"t-env-{uuid.uuid4().hex[:6]}", config={"environ": {"RK_TEST_VALUE": "forty-two"}}
     )
@@ -149,7 +149,10 @@ async def test_environ_and_work_dir(api: RawAPI) -> None:
         assert result["exitCode"] == 0
         value, cwd = records[0][1].splitlines()
         assert value == "forty-two"
-        assert cwd.endswith(f"/sessions/{sid}/work")
+        if server.sandbox == "bubblewrap":
+            assert cwd == "/home/work"
+        else:
+            assert cwd.endswith(f"/sessions/{sid}/work")
     finally:
         await api.destroy(sid)
 

@@ -29,9 +29,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
-async def _pid(api: RawAPI, sid: str) -> int:
-    records, _ = await api.run(sid, "import os; print(os.getpid())")
-    return int(records[0][1])
+def _descendants(root: int) -> dict[int, str]:
+    """pid → command name of every process below ``root`` (sandboxed kernels included: their
+    pid inside the sandbox means nothing on the host)."""
+    parents: dict[int, tuple[int, str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat_line = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            comm = stat_line[stat_line.index("(") + 1 : stat_line.rindex(")")]
+            parents[int(entry)] = (int(stat_line[stat_line.rindex(")") + 2 :].split()[1]), comm)
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, comm) in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = comm
+                frontier.append(pid)
+    return found
 
 
 def test_keys_create_prints_two_lines_and_stores_0600(tmp_path: Path) -> None:
@@ -95,8 +113,11 @@ async def test_sigterm_stops_every_kernel(tmp_path: Path) -> None:
     srv = start_server(tmp_path)
     try:
         async with RawAPI(srv.endpoint, srv.access_key, srv.secret_key) as api:
-            pids = [await _pid(api, await api.create(f"t-term-{i}")) for i in range(2)]
-        assert all(_alive(pid) for pid in pids)
+            for i in range(2):
+                await api.run(await api.create(f"t-term-{i}"), "pass")
+        below = _descendants(srv.proc.pid)
+        assert sum(comm.startswith("python") for comm in below.values()) == 2, below
+        pids = list(below)
     finally:
         code = srv.stop()
     assert code == 0

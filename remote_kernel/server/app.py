@@ -13,12 +13,26 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, default, validate
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Int,
+    List,
+    TraitError,
+    Unicode,
+    default,
+    validate,
+)
 from traitlets.config import Application, Config, catch_config_error
 
 from .._version import __version__
+from ..errors import RemoteKernelError
 from .appkeys import keystore_key, manager_key, settings_key
+from .isolation import Isolation
 from .keystore import KeyStore, default_state_dir
+from .limits import Resources
 from .middleware import auth_middleware, error_middleware
 from .routes import setup_routes
 from .sessions import SessionManager
@@ -168,6 +182,49 @@ class ServerApp(Application):
     debug = Bool(
         False, help=f"Include tracebacks in error bodies. Environment: {_env('debug')}."
     ).tag(config=True)
+    sandbox = CaselessStrEnum(
+        ["auto", "bubblewrap", "none"],
+        default_value="auto",
+        help="How sessions are isolated: 'bubblewrap' (each session's kernel, batch steps and "
+        "terminals in a sandbox: system read-only, its own work directory at /home/work, no "
+        "view of the state directory, other sessions or the server's environment; on a root "
+        "server, a user of its own), 'none' (plain processes of the server's user), or 'auto' "
+        "(bubblewrap when a working bwrap is installed, else none with a loud warning). "
+        f"Environment: {_env('sandbox')}.",
+    ).tag(config=True)
+    sandbox_network = Bool(
+        True,
+        help="Whether sandboxed sessions have network access; False gives each session a "
+        "network namespace of its own with nothing in it (the kernel then talks to the server "
+        f"over IPC sockets). Needs sandbox = bubblewrap. Environment: {_env('sandbox_network')}.",
+    ).tag(config=True)
+    sandbox_ro_paths = List(
+        Unicode(),
+        help="More host paths sandboxed sessions see read-only at the same place (the system "
+        "directories and the kernels' Python installations are shown already). "
+        f"Environment: {_env('sandbox_ro_paths')} (a JSON list).",
+    ).tag(config=True)
+    sandbox_uid_base = Int(
+        1_500_000_000,
+        help="A root server runs each access key's sandboxed processes as a host user of its "
+        "own, numbered from here (no /etc/passwd entry needed). "
+        f"Environment: {_env('sandbox_uid_base')}.",
+    ).tag(config=True)
+    default_resources = Dict(
+        {"pids": 1024},
+        help="Resource slots a session gets when its create request names none, as "
+        """Backend.AI slots: {"cpu": 1, "mem": "2g", "pids": 1024}. Enforced with cgroups """
+        "(v1 or v2) where the server may create them, else rlimits (memory as address "
+        f"space; no CPU limit). Environment: {_env('default_resources')} (JSON).",
+    ).tag(config=True)
+    max_resources = Dict(
+        {},
+        help="The most one session may ask for in config.resources (400 above), e.g. "
+        """{"cpu": 4, "mem": "16g"}; a slot named here is also the limit of sessions that """
+        f"ask for nothing more. Environment: {_env('max_resources')} (JSON).",
+    ).tag(config=True)
+
+    _isolation: Isolation | None = None
 
     @default("state_dir")
     def _state_dir_default(self) -> str:
@@ -211,9 +268,28 @@ class ServerApp(Application):
         if values:
             self.update_config(Config({"ServerApp": values}))
 
+    def make_isolation(self) -> Isolation:
+        """The sandbox and limits these settings ask for (exits 2 if they cannot be had)."""
+        if self._isolation is None:
+            try:
+                self._isolation = Isolation.configure(
+                    self.sandbox,
+                    state_dir=Path(self.state_dir),
+                    network=self.sandbox_network,
+                    default=Resources.parse(self.default_resources),
+                    maximum=Resources.parse(self.max_resources),
+                    uid_base=self.sandbox_uid_base,
+                    extra_ro=self.sandbox_ro_paths,
+                )
+            except (ValueError, RemoteKernelError) as exc:
+                self.log.critical("%s", exc)
+                self.exit(2)
+        return self._isolation
+
     def make_manager(self) -> SessionManager:
         return SessionManager(
             Path(self.state_dir),
+            isolation=self.make_isolation(),
             max_sessions_per_key=self.max_sessions_per_key,
             idle_timeout=self.idle_timeout,
             vfolder_root=Path(self.vfolder_root or Path(self.state_dir) / "vfolders"),
@@ -236,6 +312,7 @@ class ServerApp(Application):
             max_upload_files=self.max_upload_files,
             max_upload_bytes=self.max_upload_bytes,
             max_download_bytes=self.max_download_bytes,
+            isolation=self.make_isolation().describe(),
         )
 
     def make_app(self) -> web.Application:
@@ -265,9 +342,10 @@ class ServerApp(Application):
         host, port = runner.addresses[0][:2]
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         keys = len(KeyStore(self.state_dir))
+        iso = self.make_isolation()
         print(f"remote-kernel serve: serving on {url} (state dir {self.state_dir}, auth "
-              f"{self.auth}, {keys} keypair(s), extensions {'on' if self.extensions else 'off'})",
-              flush=True)  # fmt: skip
+              f"{self.auth}, {keys} keypair(s), extensions {'on' if self.extensions else 'off'}, "
+              f"sandbox {iso.mode}, limits {iso.limits})", flush=True)  # fmt: skip
         if self.auth == "keypair" and keys == 0:
             hint = f"remote-kernel keys create --state-dir {self.state_dir}"
             print(f"  no keypairs yet: run `{hint}`", flush=True)

@@ -16,11 +16,15 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import protocol as p
 from ..errors import InvalidAPIParamsError
 from .runs import Run
+from .sandbox import read_child_pid
+
+if TYPE_CHECKING:
+    from .isolation import SessionIsolation
 
 log = logging.getLogger("remote_kernel.server")
 
@@ -28,10 +32,17 @@ log = logging.getLogger("remote_kernel.server")
 class BatchRunner:
     """Runs batch steps in ``work_dir`` with the environment ``env()`` returns."""
 
-    def __init__(self, work_dir: Path, env: Callable[[], dict[str, str]]) -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        env: Callable[[], dict[str, str]],
+        isolation: SessionIsolation | None = None,
+    ) -> None:
         self.work_dir = work_dir
         self._env = env
+        self._isolation = isolation
         self._proc: asyncio.subprocess.Process | None = None
+        self._pgid: int | None = None  # the step's process group (in a sandbox: its own)
 
     async def run(self, run: Run, options: dict[str, Any]) -> None:
         """clean → build → exec; a failed build skips exec. The run is finished whatever
@@ -56,10 +67,10 @@ class BatchRunner:
     def signal(self, sig: int) -> bool:
         """Send ``sig`` to the running step's process group; False if no step is running."""
         proc = self._proc
-        if proc is None or proc.returncode is not None:
+        if proc is None or proc.returncode is not None or self._pgid is None:
             return False
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
+            os.killpg(self._pgid, sig)
         return True
 
     async def _step(self, run: Run, step: str, value: Any) -> int:
@@ -70,11 +81,35 @@ class BatchRunner:
                 return 127
             return 0
         env = {**self._env(), "_BACKEND_BATCH_MODE": "1", "PYTHONUNBUFFERED": "1"}
-        proc = await asyncio.create_subprocess_shell(
-            command, cwd=self.work_dir, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )  # fmt: skip
+        argv = ["/bin/sh", "-c", command]
+        iso = self._isolation
+        info = os.pipe() if iso is not None and iso.sandboxed else None
+        if iso is not None:
+            argv = iso.command(argv, info_fd=info[1] if info else None)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=self.work_dir, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                start_new_session=True, pass_fds=(info[1],) if info else (),
+            )  # fmt: skip
+        except BaseException:
+            if info:
+                os.close(info[0])
+            raise
+        finally:
+            if info:
+                os.close(info[1])
+        try:
+            # In a sandbox the step runs in a process group of its own, led by the sandbox's
+            # init: signals go there (the outer bwrap would die of a SIGINT).
+            self._pgid = proc.pid
+            if info:
+                self._pgid = await asyncio.to_thread(
+                    read_child_pid, info[0], lambda: proc.returncode is None
+                )
+        finally:
+            if info:
+                os.close(info[0])
         self._proc = proc
         try:
             assert proc.stdout is not None and proc.stderr is not None
@@ -84,6 +119,7 @@ class BatchRunner:
             code = await proc.wait()
         finally:
             self._proc = None
+            self._pgid = None
         return code if code >= 0 else 128 - code
 
 

@@ -28,7 +28,9 @@ from ..errors import InternalServerError, InvalidAPIParamsError
 from ..iopub import records_from_iopub
 from ..protocol import ExecuteRequest
 from .batch import BatchRunner
+from .isolation import SessionIsolation, no_isolation
 from .kernel_log import KernelLog
+from .kernel_streams import bound_stream_messages
 from .runs import Run, RunTable
 
 log = logging.getLogger("remote_kernel.server")
@@ -51,6 +53,7 @@ class SessionRunner:
         max_run_bytes: int = 64 * 1024 * 1024,
         request_timeout: float = 10.0,
         kernel_manager_class: type[AsyncKernelManager] = AsyncKernelManager,
+        isolation: SessionIsolation | None = None,
     ) -> None:
         self.kernel_name = kernel_name
         self.work_dir = work_dir
@@ -61,26 +64,45 @@ class SessionRunner:
         self.max_run_bytes = max_run_bytes
         self.request_timeout = request_timeout
         self.km = kernel_manager_class(kernel_name=kernel_name)
+        self.isolation = isolation or no_isolation(work_dir)
         self.kc: Any = None
         self.kernel_info: dict[str, Any] = {}
         self.runs = RunTable()
         self.current: Run | None = None
         self.num_queries = 0
         self._shell_lock = asyncio.Lock()
-        self.batch = BatchRunner(work_dir, self.env)
+        self.batch = BatchRunner(work_dir, self.env, self.isolation)
         self._background: set[asyncio.Future[None]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the kernel in the work dir with the session's environment; wait until ready."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._isolate_kernel()
         out = self.kernel_log.open()  # closed in shutdown()
         await self.km.start_kernel(cwd=str(self.work_dir), env=self.env(), stdout=out, stderr=out)
         await self._connect()
 
+    def _isolate_kernel(self) -> None:
+        """Start the kernel through the sandbox provisioner (and over IPC sockets when the
+        session has no network), unless its kernelspec names a provisioner of its own."""
+        stanza = self.isolation.provisioner()
+        spec = self.km.kernel_spec
+        if stanza is None or spec is None:
+            return
+        own = (spec.metadata or {}).get("kernel_provisioner", {}).get("provisioner_name")
+        if own not in (None, "local-provisioner"):
+            log.warning("kernel %r uses its own provisioner %r: it is not sandboxed here",
+                        self.kernel_name, own)  # fmt: skip
+            return
+        spec.metadata = {**(spec.metadata or {}), "kernel_provisioner": stanza}
+        if self.isolation.ipc_dir is not None:
+            self.km.transport = "ipc"
+            self.km.ip = str(self.isolation.ipc_dir / "k")
+
     def env(self) -> dict[str, str]:
         """The session's environment (for the kernel, batch steps and terminals)."""
-        return session_env(self.environ)
+        return self.isolation.env(self.environ, session_env(self.environ))
 
     async def _connect(self) -> None:
         self.kc = self.km.client()
@@ -95,6 +117,7 @@ class SessionRunner:
                 f"The {self.kernel_name!r} kernel did not start: {exc}."
                 + (f" Its last output:\n{tail}" if tail else "")
             ) from exc
+        await bound_stream_messages(self.kc, self.kernel_info)  # kernel_streams.py
 
     async def restart(self) -> None:
         """Restart the kernel: state is cleared, files in the work dir stay."""
@@ -117,6 +140,7 @@ class SessionRunner:
                 await self.km.shutdown_kernel(now=True)
         with contextlib.suppress(Exception):
             await self.km.cleanup_resources()
+        self.isolation.close()
         self.kernel_log.close()
 
     def _end_current(self, message: str) -> None:
@@ -197,6 +221,7 @@ class SessionRunner:
             async with self._shell_lock:
                 if run.status == p.FINISHED:  # ended while queued (restart, destroy)
                     return
+                self.isolation.new_oom_kill()  # what happened before this cell is not its doing
                 work = asyncio.ensure_future(
                     self.kc.execute_interactive(
                         req.code,
@@ -211,8 +236,11 @@ class SessionRunner:
                 )
                 reply = await self._until_done_or_dead(work)
             if reply is None:
-                message = "The kernel died while running this cell; it has been restarted."
-                run.fail("DeadKernelError", message)
+                if self.isolation.new_oom_kill():
+                    run.fail("MemoryError", self.isolation.oom_message())
+                else:
+                    message = "The kernel died while running this cell; it has been restarted."
+                    run.fail("DeadKernelError", message)
                 await self._recover_dead_kernel()
                 return
             content = dict(reply.get("content", {}))

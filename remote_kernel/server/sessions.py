@@ -26,6 +26,7 @@ from ..errors import (
 from ..protocol import SESSION_NAME_RE
 from .events import Event, EventHub
 from .folders import FolderStore
+from .isolation import Isolation
 from .runner import SessionRunner
 
 log = logging.getLogger("remote_kernel.server")
@@ -56,7 +57,8 @@ class Session:
     def info(self, *, kernel_info: bool) -> dict[str, Any]:
         """The flat object ``GET /session/{id}`` answers (Backend.AI's legacy session info)."""
         now = datetime.now(timezone.utc)
-        resources = dict(self.config.get("resources") or {})
+        requested = dict(self.config.get("resources") or {})
+        resources = self.runner.isolation.resources.to_json()  # with the server's defaults
         body: dict[str, Any] = {
             "sessionId": self.id,
             "sessionName": self.name,
@@ -73,7 +75,7 @@ class Session:
             "containerId": self.id,
             "occupiedSlots": resources,
             "occupyingSlots": resources,
-            "requestedSlots": resources,
+            "requestedSlots": requested,
             "occupiedShares": {},
             "environ": sorted((self.config.get("environ") or {}).keys()),
             "resourceOpts": self.config.get("resource_opts") or {},
@@ -135,7 +137,9 @@ class SessionManager:
         runner_options: dict[str, Any] | None = None,
         images: ImageResolver | None = None,
         vfolder_root: Path | None = None,
+        isolation: Isolation | None = None,
     ) -> None:
+        self.isolation = isolation or Isolation()
         self.sessions_dir = Path(state_dir) / "sessions"
         self.vfolder_root = Path(vfolder_root or Path(state_dir) / "vfolders")
         self.vfolders = FolderStore(self.vfolder_root)  # each key's own folders (POST /folders)
@@ -222,6 +226,7 @@ class SessionManager:
                     data={"existingSessionId": existing.id},
                 )
         kernel_name = self.images.resolve(image)
+        resources = self.isolation.resources(config.get("resources"))
         if len(self.owned_by(owner)) + self._starting.get(owner, 0) >= self.max_sessions_per_key:
             raise TooManySessionsError(
                 f"This keypair already has {self.max_sessions_per_key} sessions; destroy one "
@@ -242,11 +247,13 @@ class SessionManager:
                 link = work / dest
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(folder, target_is_directory=True)
+            isolation = self.isolation.for_session(session_id, owner, work, resources, folders)
             runner = SessionRunner(
                 kernel_name,
                 work,
                 sdir / "kernel.log",
                 environ={str(k): str(v) for k, v in environ.items()},
+                isolation=isolation,
                 **self.runner_options,
             )
             try:

@@ -8,7 +8,8 @@ It is also the one place that decides what a client is offered: the base layer a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .. import protocol as p
 
@@ -29,6 +30,10 @@ class ServerSettings:
     max_upload_files: int = 100
     max_upload_bytes: int = 64 * MIB
     max_download_bytes: int = 64 * MIB
+    #: How sessions are isolated (``GET /`` reports it): sandbox, network, limits.
+    isolation: dict[str, Any] = field(
+        default_factory=lambda: {"sandbox": "none", "network": True, "limits": "rlimit"}
+    )
 
     @property
     def features(self) -> tuple[str, ...]:
