@@ -284,6 +284,7 @@ class ServerApp(Application):
             except (ValueError, RemoteKernelError) as exc:
                 self.log.critical("%s", exc)
                 self.exit(2)
+                raise  # exit raises SystemExit; this keeps type checkers informed
         return self._isolation
 
     def make_manager(self) -> SessionManager:
