@@ -37,7 +37,7 @@ def test_open_confined_reads_inside(tree: tuple[Path, Path]) -> None:
 def test_open_confined_refuses_links_out(tree: tuple[Path, Path]) -> None:
     work, outside = tree
     (work / "link.txt").symlink_to(outside / "secret.txt")
-    with pytest.raises(ConfinementError, match="'link.txt' is a symbolic link; not followed"):
+    with pytest.raises(ConfinementError, match=r"'link\.txt' is a symbolic link; not followed"):
         open_confined(work / "link.txt", [work])
     # a parent directory swapped for a link: the opened file is outside, so it is refused
     (work / "sub").symlink_to(outside, target_is_directory=True)
