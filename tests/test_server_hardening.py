@@ -143,6 +143,17 @@ CASES = [
     # NUL in paths
     Case("list NUL path", "GET", "{s}/files?path=a%00b"),
     Case("upload NUL name", "POST", "{s}/upload", multipart(file_part(b"a%00b")), form()),
+    # found by tests/test_openapi.py and its probes: each was a 500
+    Case("body not in its Content-Encoding", "POST", "{s}", b"not gzip",
+         {**JSON, "Content-Encoding": "gzip"}),
+    Case("upload not in its Content-Encoding", "POST", "{s}/upload",
+         multipart(file_part(b"d.txt")), {**form(), "Content-Encoding": "deflate"}),
+    # a run that failed as it started ("The server could not run this cell/batch") until checked
+    Case("batch step not a command", "POST", "{s}",
+         b'{"mode": "batch", "options": {"build": {"make": 1}}}'),
+    Case("user_expressions not an object", "POST", "{s}", json.dumps(
+        {"mode": "query", "code": "1", "options": {"console": "jupyter", "user_expressions": "x"}}
+    ).encode()),
 ]
 # fmt: on
 
@@ -214,6 +225,27 @@ async def test_every_malformed_request_is_a_4xx_problem(app_client: Any, sid: st
     listing = await (await app_client.get(f"{s}/files?path=.")).json()
     assert sorted(e["filename"] for e in json.loads(listing["files"])) == [
         "keep.txt", "été.txt", "日本.txt"]  # fmt: skip
+
+
+async def test_mount_destinations_a_file_system_cannot_take(app_client: Any) -> None:
+    """With folders that exist, these got as far as linking them into the work dir: a 500,
+    or (outer first) a link made inside the outer folder. Now 400, and nothing starts."""
+    for name in ("d", "e"):
+        assert (await app_client.post("/folders", json={"name": name})).status == 201
+    wrong = {}
+    for what, mount_map in [
+        ("NUL", {"d": "a\x00b"}),
+        ("name over NAME_MAX", {"d": LONG}),
+        ("nested, inner first", {"d": "x/y", "e": "/home/work/x"}),
+        ("nested, outer first", {"d": "x", "e": "x/y"}),
+    ]:
+        body = {"image": "python:3", "name": "mnt-1", "config": {"mount_map": mount_map}}
+        resp = await app_client.post("/session", json=body)
+        problem = await check_problem(resp, 400, BAD)
+        if problem is not None:
+            wrong[what] = problem
+    assert not wrong, wrong
+    assert (await (await app_client.get("/session")).json())["items"] == []
 
 
 async def run_to_end(client: Any, sid: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from ..errors import InternalServerError, InvalidAPIParamsError, RemoteKernelErr
 from .appkeys import manager_key, settings_key
 from .events import Event, Subscription
 from .handlers import session_of
+from .middleware import problem_body
 from .runs import Run
 from .sessions import Session
 from .settings import ServerSettings
@@ -175,6 +176,6 @@ def _problem(message: str) -> dict[str, Any]:
 
 
 def _problem_of(exc: RemoteKernelError) -> dict[str, Any]:
-    """The problem+json body (plus its ``status``) an HTTP request would have got."""
+    """The problem+json body (with ``status`` and ``detail``) an HTTP request would have got."""
     error = exc if isinstance(exc, ServerError) else InternalServerError(str(exc))
-    return {**error.problem(), "status": error.status}
+    return problem_body(error)

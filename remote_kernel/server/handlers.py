@@ -19,7 +19,7 @@ from .._version import __version__
 from ..errors import InvalidAPIParamsError, RequestTooLargeError
 from . import files
 from .appkeys import manager_key, owner_key, settings_key
-from .sessions import Session
+from .sessions import WORK_PREFIX, Session
 
 _dumps = functools.partial(json.dumps, default=json_default)
 
@@ -71,6 +71,7 @@ async def create_session(request: web.Request) -> web.Response:
     if not isinstance(config, dict):
         raise InvalidAPIParamsError("'config' must be a JSON object.")
     check_environ(config.get("environ"))
+    check_mount_targets(config)
     session, created = await request.app[manager_key].create(
         request[owner_key],
         name=name,
@@ -120,6 +121,49 @@ def check_environ(environ: Any) -> None:
             )
 
 
+def check_mount_targets(config: dict[str, Any]) -> None:
+    """Where ``config`` links folders into the work dir must be paths a file system takes (no
+    NUL, names of at most ``NAME_MAX`` bytes), and no mount may lie inside another.
+
+    Checked before the manager starts anything (until then a NUL or an over-long name was a
+    500, and so was ``x/y`` before ``x``); the manager refuses the rest (paths that leave the
+    work dir, unknown folders, ids that are not UUIDs).
+    """
+    mounts = config.get("mounts") or []
+    mount_map = config.get("mount_map") or {}
+    mount_id_map = config.get("mount_id_map") or {}
+    if not isinstance(mounts, list) or not all(isinstance(m, dict) for m in
+                                                 (mount_map, mount_id_map)):  # fmt: skip
+        return  # the manager answers 400
+    targets = [(f"config.mount_map.{k}", v or k) for k, v in mount_map.items()]
+    targets += [(f"config.mounts[{i}]", m) for i, m in enumerate(mounts)
+                if not (isinstance(m, str) and m in mount_map)]  # fmt: skip
+    targets += [(f"config.mount_id_map.{k}", v) for k, v in mount_id_map.items() if v]
+    placed: dict[tuple[str, ...], str] = {}
+    for where, target in targets:
+        if not isinstance(target, str):
+            raise InvalidAPIParamsError(f"'{where}' must be a path in the work directory.")
+        encoded = target.encode("utf-8")
+        if "\x00" in target or len(encoded) >= files.PATH_MAX or any(
+            len(part) > files.NAME_MAX for part in encoded.split(b"/")
+        ):
+            raise InvalidAPIParamsError(
+                f"Invalid mount destination {target[:80]!r} in '{where}': no NUL, names of at "
+                f"most {files.NAME_MAX} bytes, paths under {files.PATH_MAX}."
+            )
+        parts = tuple(x for x in target.removeprefix(WORK_PREFIX).split("/") if x)
+        if not parts:
+            continue  # the manager answers 400
+        for other, other_target in placed.items():
+            n = min(len(parts), len(other))
+            if parts != other and parts[:n] == other[:n]:
+                raise InvalidAPIParamsError(
+                    f"Mount destinations {other_target!r} and {target!r} are nested: mount "
+                    "each folder at a path of its own."
+                )
+        placed[parts] = target
+
+
 async def list_sessions(request: web.Request) -> web.Response:
     manager = request.app[manager_key]
     items = [s.info(kernel_info=False) for s in manager.owned_by(request[owner_key])]
@@ -158,10 +202,12 @@ async def execute(request: web.Request) -> web.Response:
     req = p.parse_execute_request(await read_json(request))
     settings = request.app[settings_key]
     if req.mode == "complete":
-        return json_response(await _complete(session, req.code, req.options))
+        extended = settings.offers(p.FEATURE_INSPECT)
+        return json_response(await _complete(session, req.code, req.options, extended))
     if not settings.offers(p.FEATURE_JUPYTER_CONSOLE):
         options = {k: v for k, v in req.options.items() if k != "console"}
         req = p.ExecuteRequest(req.mode, req.code, req.run_id, options, None)
+    check_run_options(req)
     result = await session.runner.execute(
         req,
         hold=settings.poll_hold,
@@ -172,7 +218,31 @@ async def execute(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-async def _complete(session: Session, code: str, options: dict[str, Any]) -> dict[str, Any]:
+def check_run_options(req: p.ExecuteRequest) -> None:
+    """Options a run would only fail on once started, refused with 400 before it starts: a
+    lossless query's ``user_expressions`` (an object of strings, handed to the kernel as they
+    are) and a batch's ``clean``/``build``/``exec`` (shell command strings)."""
+    options = req.options
+    if req.mode == "batch":
+        for step in ("clean", "build", "exec"):
+            value = options.get(step)
+            if value and not isinstance(value, str):
+                raise InvalidAPIParamsError(f"Batch option {step!r} must be a shell command.")
+    if req.mode != "query" or not req.jupyter_console:
+        return
+    expressions = options.get("user_expressions")
+    if expressions is not None and not (
+        isinstance(expressions, dict) and all(isinstance(v, str) for v in expressions.values())
+    ):
+        raise InvalidAPIParamsError(
+            "'options.user_expressions' must be an object of strings (name -> expression)."
+        )
+
+
+async def _complete(
+    session: Session, code: str, options: dict[str, Any], extended: bool
+) -> dict[str, Any]:
+    """Backend.AI's completion result; ``extended`` adds the Jupyter fields (protocol §2.5)."""
     cursor_pos = options.get("cursor_pos")
     if not isinstance(cursor_pos, int):
         line, post = options.get("line"), options.get("post")
@@ -183,17 +253,15 @@ async def _complete(session: Session, code: str, options: dict[str, Any]) -> dic
             cursor_pos = len(code)
     content = await session.runner.complete(code, max(0, min(cursor_pos, len(code))))
     matches = list(content.get("matches", []))
-    return {
-        "result": {
-            "status": "finished",
-            "error": None,
-            "suggestions": matches,
-            "matches": matches,
-            "cursor_start": content.get("cursor_start", cursor_pos),
-            "cursor_end": content.get("cursor_end", cursor_pos),
-            "metadata": content.get("metadata", {}),
-        }
-    }
+    result: dict[str, Any] = {"status": "finished", "error": None, "suggestions": matches}
+    if extended:
+        result.update(
+            matches=matches,
+            cursor_start=content.get("cursor_start", cursor_pos),
+            cursor_end=content.get("cursor_end", cursor_pos),
+            metadata=content.get("metadata", {}),
+        )
+    return {"result": result}
 
 
 async def complete(request: web.Request) -> web.Response:
@@ -202,10 +270,8 @@ async def complete(request: web.Request) -> web.Response:
     options = body.get("options") or {}
     if not isinstance(code, str) or not isinstance(options, dict):
         raise InvalidAPIParamsError("'code' must be a string and 'options' an object.")
-    result = await _complete(session_of(request), code, options)
-    if not offers(request, p.FEATURE_INSPECT):
-        result["result"] = {k: result["result"][k] for k in ("status", "error", "suggestions")}
-    return json_response(result)
+    extended = offers(request, p.FEATURE_INSPECT)
+    return json_response(await _complete(session_of(request), code, options, extended))
 
 
 def _code_and_cursor(body: dict[str, Any]) -> tuple[str, int]:

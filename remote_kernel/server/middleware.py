@@ -8,7 +8,9 @@ import traceback
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..auth import verify
 from ..errors import (
@@ -26,10 +28,18 @@ log = logging.getLogger("remote_kernel.server")
 
 PROBLEM_JSON = "application/problem+json"
 ANONYMOUS = "anonymous"
+#: Routes answered without a signature: the version probe and the API description.
+PUBLIC_PATHS = frozenset({"", "/", "/openapi.json"})
+
+
+def problem_body(error: ServerError) -> dict[str, Any]:
+    """The problem+json body: Backend.AI's ``type``, ``title``, ``msg`` (and ``data``) plus
+    RFC 9457's ``status`` and ``detail`` (the same text as ``msg``)."""
+    return {**error.problem(), "status": error.status, "detail": error.msg}
 
 
 def problem_response(error: ServerError, *, debug: bool = False) -> web.Response:
-    body: dict[str, Any] = error.problem()
+    body = problem_body(error)
     if debug and error.__cause__ is not None:
         body["traceback"] = "".join(traceback.format_exception(error.__cause__))
     return web.Response(
@@ -50,6 +60,8 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> Server
         return RequestTooLargeError(
             f"The request body is larger than the server allows: {exc.text}"
         )
+    if exc.status == 400:  # e.g. a WebSocket route asked without a WebSocket handshake
+        return InvalidAPIParamsError(exc.text or exc.reason)
     error = ServerError(exc.reason or f"HTTP {exc.status}", status=exc.status)
     return error
 
@@ -78,6 +90,12 @@ def _error_response(request: web.Request, exc: Exception) -> web.Response:
         if exc.status < 400:
             raise exc
         return problem_response(_from_http_exception(exc, request), debug=debug)
+    if isinstance(exc, (RequestPayloadError, HttpProcessingError)):
+        # The body could not be read as sent: a Content-Encoding it is not in (gzip, deflate),
+        # broken chunked framing. The client's doing, whichever handler was reading.
+        reason = " ".join(str(exc).split()).removeprefix("400, message: ")
+        unreadable = InvalidAPIParamsError(f"The request body could not be read: {reason}")
+        return problem_response(unreadable, debug=debug)
     log.exception("unhandled error in %s %s", request.method, request.path, exc_info=exc)
     error = InternalServerError(
         "The server failed unexpectedly; see its log for details."
@@ -90,8 +108,8 @@ def _error_response(request: web.Request, exc: Exception) -> web.Response:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Verify Backend.AI HMAC on every route but the version probe; set ``request[owner_key]``."""
-    if request.path in ("", "/") or not request.app[settings_key].auth_required:
+    """Verify Backend.AI HMAC except on :data:`PUBLIC_PATHS`; set ``request[owner_key]``."""
+    if request.path in PUBLIC_PATHS or not request.app[settings_key].auth_required:
         request[owner_key] = ANONYMOUS
         return await handler(request)
     version = request.headers.get("X-BackendAI-Version")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .. import protocol as p
-from . import channel, streams
+from . import channel, openapi, streams
 from . import folder_handlers as fh
 from . import handlers as h
 from .settings import ServerSettings
@@ -14,6 +14,7 @@ from .settings import ServerSettings
 def setup_routes(app: web.Application, settings: ServerSettings) -> None:
     """Backend.AI v≥5 paths (``/session``), with the legacy ``/kernel`` aliases."""
     app.router.add_get("/", h.hello)
+    app.router.add_get(openapi.OPENAPI_PATH, openapi.serve_openapi)
     app.router.add_get("/events/session", streams.session_events)
     # Virtual folders: each access key's own (remote_kernel/server/folders.py).
     app.router.add_post("/folders", fh.create_folder)

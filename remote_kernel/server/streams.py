@@ -18,7 +18,7 @@ from .. import protocol as p
 from ..errors import InvalidAPIParamsError, RemoteKernelError
 from .appkeys import manager_key, owner_key, settings_key
 from .events import SERVER_CLOSE, Subscription
-from .handlers import session_of
+from .handlers import check_run_options, session_of
 from .settings import ServerSettings
 from .terminal import Terminal
 
@@ -131,10 +131,12 @@ def _first_request(msg: Any, *, jupyter: bool) -> p.ExecuteRequest:
         raise InvalidAPIParamsError("options must be an object")
     if not jupyter:
         options.pop("console", None)
-    return p.parse_execute_request(
+    req = p.parse_execute_request(
         {"mode": frame.get("mode", "query"), "code": frame.get("code") or "",
          "runId": secrets.token_hex(16), "options": options}
     )  # fmt: skip
+    check_run_options(req)
+    return req
 
 
 async def _read_text_frames(ws: web.WebSocketResponse, inbox: asyncio.Queue[str | None]) -> None:
