@@ -10,6 +10,7 @@ only bwrap.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -319,3 +320,65 @@ async def test_network_cut_session_still_runs_cells(tmp_path: Path) -> None:
             assert await attack(api, sid, "print('still here')") == "still here\n"
     finally:
         srv.stop()
+
+
+# -- files through the API, against links the session plants ----------------------------------
+async def test_planted_links_cannot_redirect_uploads_or_downloads(
+    a: RawAPI, ids: dict[str, str], sandboxed: ServerProcess, tmp_path: Path
+) -> None:
+    victim = tmp_path / "host-file.txt"  # a host file the server (root) could write
+    victim.write_text("host data")
+    keypairs = sandboxed.state_dir / "keypairs.json"
+    await attack(
+        a, ids["a"],
+        "import os\n"
+        f"os.symlink({str(victim)!r}, '.report.txt.uploading')\n"
+        f"os.symlink({str(victim)!r}, 'to-host.txt')\n"
+        f"os.symlink({str(keypairs)!r}, 'keys.json')\n"
+        f"os.symlink({str(sandboxed.state_dir)!r}, 'state')\n",
+    )  # fmt: skip
+    status, _ = await a.upload(ids["a"], {"report.txt": b"uploaded"})
+    assert status == 204
+    status, body = await a.upload(ids["a"], {"to-host.txt": b"overwrite?"})
+    assert status == 400 and "leaves the session's work directory" in body["msg"], body
+    status, body = await a.upload(ids["a"], {"state/keypairs.json": b"{}"})
+    assert status == 400, body
+    assert victim.read_text() == "host data"
+    assert json.loads(keypairs.read_text())  # intact
+    for name in ("keys.json/..", "state/keypairs.json", "to-host.txt"):
+        status, body = await a.download(ids["a"], name)
+        assert status in (400, 404), (name, body)
+    # the uploaded file is the session's own: it can read and replace it
+    out = await attack(
+        a, ids["a"],
+        "print(open('report.txt').read())\nopen('report.txt', 'w').write('changed')\nprint('ok')",
+    )  # fmt: skip
+    assert out == "uploaded\nok\n"
+    work = sandboxed.state_dir / "sessions" / ids["a"] / "work"
+    assert (work / "report.txt").stat().st_uid != 0
+
+
+async def test_terminal_is_sandboxed_too(
+    a: RawAPI, ids: dict[str, str], sandboxed: ServerProcess
+) -> None:
+    ws = await a.websocket(f"/stream/session/{ids['a']}/pty")
+    text = ""
+    keypairs = sandboxed.state_dir / "keypairs.json"
+    chars = f"cat {keypairs}; echo uid=$(id -u) canary=$RK_SERVER_CANARY e''nd\n"
+    await ws.send_json({"type": "stdin", "chars": base64.b64encode(chars.encode()).decode()})
+    async with asyncio.timeout(20):
+        while "end\r\n" not in text:
+            msg = await ws.receive_json()
+            if msg.get("type") == "out":
+                text += base64.b64decode(msg["data"]).decode(errors="replace")
+    await ws.close()
+    assert "No such file or directory" in text
+    assert "uid=0 " not in text and "canary= end" in text and "AKIA" not in text
+
+
+async def test_version_probe_reports_the_isolation(a: RawAPI) -> None:
+    status, body = await a.call("GET", "/", sign=False)
+    assert status == 200
+    info = body["remote_kernel"]
+    assert (info["sandbox"], info["network"]) == ("bubblewrap", True)
+    assert info["limits"] in ("cgroup-v1", "cgroup-v2")  # CI's machine lets root make cgroups

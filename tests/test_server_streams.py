@@ -91,7 +91,9 @@ async def test_ws_bad_first_frame(api: RawAPI, sid: str) -> None:
 
 
 # -- PTY ---------------------------------------------------------------------------------------
-async def test_pty_runs_a_shell_in_the_work_dir(api: RawAPI, sid: str) -> None:
+async def test_pty_runs_a_shell_in_the_work_dir(
+    api: RawAPI, sid: str, server: ServerProcess
+) -> None:
     ws = await api.websocket(f"/stream/session/{sid}/pty")
 
     async def send(chars: str) -> None:
@@ -110,7 +112,10 @@ async def test_pty_runs_a_shell_in_the_work_dir(api: RawAPI, sid: str) -> None:
     await send("echo sum-$((40+2)); pwd; stty size\n")
     text = await read_until("30 100")
     assert "sum-42" in text
-    assert f"/sessions/{sid}/work" in text
+    if server.sandbox == "bubblewrap":  # the shell is in the session's sandbox
+        assert "/home/work\r\n" in text and "/sessions/" not in text
+    else:
+        assert f"/sessions/{sid}/work" in text
     await ws.send_json({"type": "ping"})
     async with asyncio.timeout(10):
         while (await ws.receive_json()).get("type") != "pong":

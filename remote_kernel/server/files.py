@@ -17,7 +17,7 @@ import io
 import os
 import stat
 import tarfile
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from urllib.parse import unquote
 
 from .. import protocol as p
 from ..errors import InvalidAPIParamsError, NotFoundError, RequestTooLargeError
+from .safe_fs import AtomicWrite, confined_dir, open_confined
 
 #: Longest file name (one path component), in bytes, and longest path (Linux's limits).
 NAME_MAX = 255
@@ -120,31 +121,53 @@ async def save_upload(
     *,
     max_bytes: int,
     extra_roots: Iterable[Path] = (),
+    owner: tuple[int, int] | None = None,
 ) -> Path:
-    """Write one uploaded file under ``root`` (parents created); 413 past ``max_bytes``."""
-    target = confine(root, name, extra_roots=extra_roots)
+    """Write one uploaded file under ``root`` (parents created); 413 past ``max_bytes``.
+
+    Nothing the session plants can redirect it (:mod:`~remote_kernel.server.safe_fs`): the
+    directory is reached without following links, the temporary file is new (``O_EXCL``) and
+    renamed into place through the directory's descriptor. ``owner``: uid and gid the file and
+    new directories get (a root server's session user).
+    """
+    roots = [root, *extra_roots]
+    target = confine(root, name, extra_roots=roots[1:])
+    base = next(
+        r for r in (Path(os.path.realpath(r)) for r in roots)
+        if target == r or r in target.parents
+    )  # fmt: skip
+    if target == base:
+        raise InvalidAPIParamsError(f"{name!r} is a directory in the session.")
+    parts = target.parent.relative_to(base).parts
     with client_os_errors(name):
-        if target.is_dir():
-            raise InvalidAPIParamsError(f"{name!r} is a directory in the session.")
-        target.parent.mkdir(parents=True, exist_ok=True)
-    stem = os.fsencode(target.name)[: NAME_MAX - 11].decode("utf-8", "ignore")
-    tmp = target.with_name(f".{stem}.uploading")  # fits NAME_MAX
-    written = 0
+        dir_fd = confined_dir(base, parts, create=True, owner=owner)
     try:
-        with client_os_errors(name), open(tmp, "wb") as fh:
-            async for chunk in chunks:
-                written += len(chunk)
-                if written > max_bytes:
-                    raise RequestTooLargeError(
-                        f"{name!r} is larger than the server's limit of {max_bytes} bytes "
-                        "(ServerApp.max_upload_bytes)."
-                    )
-                fh.write(chunk)
         with client_os_errors(name):
-            os.replace(tmp, target)
+            try:
+                st = os.stat(target.name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                if stat.S_ISDIR(st.st_mode):
+                    raise InvalidAPIParamsError(f"{name!r} is a directory in the session.")
+            writer = AtomicWrite(dir_fd, target.name, owner=owner)
+        written = 0
+        try:
+            with client_os_errors(name):
+                async for chunk in chunks:
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise RequestTooLargeError(
+                            f"{name!r} is larger than the server's limit of {max_bytes} bytes "
+                            "(ServerApp.max_upload_bytes)."
+                        )
+                    writer.file.write(chunk)
+                writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        os.close(dir_fd)
     return target
 
 
@@ -212,11 +235,17 @@ def download_targets(
     return targets
 
 
-async def tar_stream(target: Path, rel: str, budget: DownloadBudget) -> AsyncIterator[bytes]:
+async def tar_stream(
+    target: Path, rel: str, budget: DownloadBudget, roots: Sequence[Path] = ()
+) -> AsyncIterator[bytes]:
     """A tar archive of one path (a directory with its contents; symlinks stay links), made
     piece by piece as it is sent: the same bytes as ``tarfile.add`` writes, but never more than
     ``READ_CHUNK`` of it in memory. Files are read in a worker thread. Past ``budget`` (a file
-    grew since :func:`download_targets` checked) it stops with 413, which aborts the response."""
+    grew since :func:`download_targets` checked) it stops with 413, which aborts the response.
+    Files and directories are opened without following links and must really be inside
+    ``roots`` (the work directory and mounted folders; default: ``target`` itself).
+    """
+    roots = list(roots) or [target]
     loop = asyncio.get_running_loop()
     tar = tarfile.TarFile(fileobj=io.BytesIO(), mode="w")  # for gettarinfo/tobuf only
     out = bytearray()
@@ -230,7 +259,7 @@ async def tar_stream(target: Path, rel: str, budget: DownloadBudget) -> AsyncIte
                 continue
             out += info.tobuf(tar.format, tar.encoding, tar.errors)
             if info.isreg():
-                with open(path, "rb") as fh:
+                with os.fdopen(open_confined(path, roots), "rb") as fh:
                     remaining = info.size
                     while remaining > 0:
                         chunk = await loop.run_in_executor(
@@ -247,7 +276,11 @@ async def tar_stream(target: Path, rel: str, budget: DownloadBudget) -> AsyncIte
                             out.clear()
                 out += tarfile.NUL * (-info.size % tarfile.BLOCKSIZE)
             elif info.isdir():
-                names = sorted(os.listdir(path), reverse=True)  # popped in sorted order
+                dir_fd = open_confined(path, roots, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    names = sorted(os.listdir(dir_fd), reverse=True)  # popped in sorted order
+                finally:
+                    os.close(dir_fd)
                 stack.extend((os.path.join(path, n), f"{arcname}/{n}") for n in names)
             if len(out) >= READ_CHUNK:
                 budget.spend(rel, len(out))

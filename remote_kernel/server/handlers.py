@@ -57,9 +57,13 @@ def offers(request: web.Request, feature: str) -> bool:
 
 async def hello(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"version": p.API_VERSION, "manager": f"remote-kernel {__version__}"}
-    features = request.app[settings_key].features
-    if features:
-        body["remote_kernel"] = {"version": __version__, "features": list(features)}
+    settings = request.app[settings_key]
+    if settings.features:
+        body["remote_kernel"] = {
+            "version": __version__,
+            "features": list(settings.features),
+            **settings.isolation,  # sandbox, network, limits (docs/isolation.md)
+        }
     return json_response(body)
 
 
@@ -333,7 +337,7 @@ async def upload(request: web.Request) -> web.Response:
             )
         await files.save_upload(
             session.runner.work_dir, name, _chunks(part), extra_roots=session.mounts.values(),
-            max_bytes=settings.max_upload_bytes,
+            max_bytes=settings.max_upload_bytes, owner=session.runner.file_owner,
         )  # fmt: skip
     session.touch()
     return web.Response(status=204)
@@ -395,7 +399,10 @@ async def download(request: web.Request) -> web.Response:
     budget = files.DownloadBudget(limit)
     writer = aiohttp.MultipartWriter("mixed")
     for name, target in zip(names, targets, strict=True):
-        writer.append(files.tar_stream(target, name, budget), {"Content-Type": "application/x-tar"})
+        roots = [session.runner.work_dir, *session.mounts.values()]
+        writer.append(
+            files.tar_stream(target, name, budget, roots), {"Content-Type": "application/x-tar"}
+        )
     session.touch()
     return web.Response(body=writer)
 

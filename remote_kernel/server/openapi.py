@@ -128,9 +128,16 @@ def _schemas(settings: ServerSettings) -> dict[str, Schema]:
                 "version": {**STRING, "example": p.API_VERSION},
                 "manager": STRING,
                 "remote_kernel": _obj(
-                    {"version": STRING, "features": {"type": "array", "items": STRING}},
-                    ("version", "features"),
-                    description="The extensions offered (absent on a base-layer server).",
+                    {
+                        "version": STRING,
+                        "features": {"type": "array", "items": STRING},
+                        "sandbox": {**STRING, "enum": ["bubblewrap", "none"]},
+                        "network": {**BOOL, "description": "Sessions have network access."},
+                        "limits": {**STRING, "enum": ["cgroup-v1", "cgroup-v2", "rlimit"]},
+                    },
+                    ("version", "features", "sandbox", "network", "limits"),
+                    description="The extensions offered and how sessions are isolated (absent "
+                    "on a base-layer server); see docs/isolation.md.",
                 ),
             },
             ("version", "manager"),

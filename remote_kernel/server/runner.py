@@ -100,6 +100,20 @@ class SessionRunner:
             self.km.transport = "ipc"
             self.km.ip = str(self.isolation.ipc_dir / "k")
 
+    @property
+    def file_owner(self) -> tuple[int, int] | None:
+        """uid and gid that files the server writes for the session get (a root server's
+        sandbox user), or None: the server's own."""
+        plan = self.isolation.plan
+        if plan.uid is None:
+            return None
+        return plan.uid, plan.gid if plan.gid is not None else plan.uid
+
+    def terminal_command(self, cmd: list[str]) -> list[str]:
+        """A terminal's shell in this session's sandbox and limits (it keeps the pty as its
+        controlling terminal, so no new session)."""
+        return self.isolation.command(cmd, new_session=False)
+
     def env(self) -> dict[str, str]:
         """The session's environment (for the kernel, batch steps and terminals)."""
         return self.isolation.env(self.environ, session_env(self.environ))

@@ -177,7 +177,8 @@ async def _shell_over_socket(ws: web.WebSocketResponse, session: Any) -> web.Web
 
     def make_terminal() -> Terminal:
         term = Terminal(session.runner.work_dir, session.runner.env(), outbox.put_nowait,
-                        lambda: outbox.put_nowait(None))  # fmt: skip
+                        lambda: outbox.put_nowait(None),
+                        wrap=session.runner.terminal_command)  # fmt: skip
         term.start()
         return term
 

@@ -33,8 +33,10 @@ class Terminal:
         env: dict[str, str],
         on_output: Callable[[bytes], None],
         on_exit: Callable[[], None],
+        wrap: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
         self.cwd = cwd
+        self.wrap = wrap  # puts the shell in the session's sandbox (SessionRunner.terminal_command)
         self.env = {**env, "TERM": env.get("TERM", "xterm-256color")}
         self.on_output = on_output
         self.on_exit = on_exit
@@ -45,7 +47,7 @@ class Terminal:
         master, slave = pty.openpty()
         self._set_size(master, rows, cols)
         self.proc = subprocess.Popen(
-            _shell(),
+            self.wrap(_shell()) if self.wrap is not None else _shell(),
             stdin=slave, stdout=slave, stderr=slave, cwd=self.cwd, env=self.env,
             start_new_session=True, preexec_fn=_take_controlling_tty, close_fds=True,
         )  # fmt: skip
