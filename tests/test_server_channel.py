@@ -170,11 +170,13 @@ async def test_bad_frames_get_problems_and_the_channel_stays(
     await ch.ws.send_str("not json")
     await ch.send({"type": "dance", "runId": "x"})
     await ch.send(frames.input_("nope", 1, "x"))
-    got = [await ch.recv() for _ in range(3)]
-    assert [f["type"] for f in got] == ["error"] * 3
-    assert [f["problem"]["status"] for f in got] == [400, 400, 400]
+    await ch.send(frames.run("bad", "1", {**JUPYTER, "user_expressions": [1]}, 0))
+    got = [await ch.recv() for _ in range(4)]
+    assert [f["type"] for f in got] == ["error"] * 4
+    assert [f["problem"]["status"] for f in got] == [400, 400, 400, 400]
     assert "dance" in got[1]["problem"]["msg"]
     assert got[2]["runId"] == "nope" and "No run 'nope'" in got[2]["problem"]["msg"]
+    assert got[3]["runId"] == "bad" and "user_expressions" in got[3]["problem"]["msg"]
     await ch.send(frames.run("r7", "print(7)", JUPYTER, 0))
     assert stdout(await ch.finished("r7")) == "7\n"
 

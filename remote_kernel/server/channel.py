@@ -21,7 +21,7 @@ from .. import protocol as p
 from ..errors import InternalServerError, InvalidAPIParamsError, RemoteKernelError, ServerError
 from .appkeys import manager_key, settings_key
 from .events import Event, Subscription
-from .handlers import session_of
+from .handlers import check_run_options, session_of
 from .middleware import problem_body
 from .runs import Run
 from .sessions import Session
@@ -126,6 +126,8 @@ class _Channel:
     def _follow(self, frame: frames.ClientFrame) -> None:
         """Start the run (or find it: a known runId is the same run) and push it from cursor."""
         request = p.ExecuteRequest("query", frame.code, frame.run_id, frame.options, frame.cursor)
+        if self.session.runner.runs.get(request.run_id) is None:
+            check_run_options(request)  # a new run: refuse what it would only fail on later
         run = self.session.runner.run_for(request)
         previous = self.followers.pop(run.run_id, None)
         if previous is not None:
