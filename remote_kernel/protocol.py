@@ -78,7 +78,7 @@ JUPYTER_RECORD_TYPES = frozenset(
 
 Record = list[Any]
 
-SESSION_NAME_RE = re.compile(r"^(?=.{4,64}$)\w[\w.-]*\w$", re.ASCII)
+SESSION_NAME_RE = re.compile(r"^(?=.{4,64}\Z)\w[\w.-]*\w\Z", re.ASCII)
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _DATA_URI_RE = re.compile(r"^data:([^;,]+)(;[^,]*)?,(.*)$", re.DOTALL)
 

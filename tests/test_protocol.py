@@ -575,6 +575,7 @@ def test_api_version_and_features():
         ("abcd-", False),
         ("ab cd", False),
         ("séance", False),
+        ("abcd\n", False),  # `$` would have let a trailing newline through
     ],
 )
 def test_session_name_rule(name, ok):

@@ -201,7 +201,7 @@ async def test_info_id_and_delete(app: tuple[Caller, Caller, Path]) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["", ".hidden", "..", "a/b", "../x", "x" * 65, "sp ace", "é", 7, None, "-dash"]
+    "name", ["", ".hidden", "..", "a/b", "../x", "x" * 65, "sp ace", "é", 7, None, "-dash", "abc\n"]
 )
 async def test_bad_names_are_400(app: tuple[Caller, Caller, Path], name: Any) -> None:
     a, _, root = app

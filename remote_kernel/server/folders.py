@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import InvalidAPIParamsError, NotFoundError, ServerError
 
-VFOLDER_NAME_RE = re.compile(r"^[\w][\w.-]{0,63}$", re.ASCII)
+VFOLDER_NAME_RE = re.compile(r"^[\w][\w.-]{0,63}\Z", re.ASCII)
 META_DIR = ".meta"
 TRASH_PREFIX = ".trash-"
 
