@@ -11,10 +11,14 @@ scenario) while it goes through:
     read in chunks and thrown away: the client never holds it);
 (b) an upload of a ``--mb-file`` MB file, streamed from a generator (multipart, one part);
 (c) a run that writes ``--mb-output`` MB to stdout (1000-character lines; with ``--flush-mb N``
-    it flushes every N MB, which bounds the size of each IOPub message) without being polled:
-    the query's first response comes back at once; then nothing is asked until the cell has
-    written a marker file at its end and the server is quiet, then the run is polled to its end
-    (its output is read and thrown away) with ``continue`` + cursor.
+    it flushes every N MB) without being polled: the query's first response comes back at
+    once; then nothing is asked until the cell has written a marker file at its end (in its
+    work dir, which the benchmark finds under the server's state dir, sandboxed or not) and the
+    server is quiet, then the run is polled to its end (its output is read and thrown away) with
+    ``continue`` + cursor. The server has its ipykernel publish stream messages of at most 256 Ki
+    characters (``remote_kernel/server/kernel_streams.py``); with ``--unbounded`` the cell undoes
+    that first, so ipykernel sends what it buffers in 0.2 s (about 50 MB a message here): what a
+    kernel the server does not bound costs it.
 
 Printed: baseline RSS (session created, idle), the peak RSS of each scenario and its growth,
 and the target (peak < 150 MB). Targets are printed, not enforced. Everything started here is
@@ -158,6 +162,13 @@ async def upload(client: Client, sid: str, name: str, size: int) -> None:
             raise RuntimeError(f"upload → {resp.status}: {await resp.text()}")
 
 
+UNBOUND = """\
+import sys
+for stream in (sys.stdout, sys.stderr):  # the class ipykernel made, before the server's bound
+    stream.__class__ = next(c for c in type(stream).__mro__
+                            if not hasattr(c, "remote_kernel_limit"))
+"""
+
 OUTPUT_CELL = """\
 import sys
 line = "x" * 999
@@ -171,16 +182,25 @@ open({marker!r}, "w").close()
 
 
 async def unpolled_output(
-    client: Client, sid: str, sampler: RssSampler, mb: int, marker: Path, flush_mb: int
+    client: Client,
+    sid: str,
+    sampler: RssSampler,
+    mb: int,
+    marker: Path,
+    flush_mb: int,
+    unbounded: bool,
 ) -> dict[str, Any]:
     """Run a cell printing ``mb`` MB, poll only once it is done; what the client received."""
     run_id = uuid.uuid4().hex
-    code = OUTPUT_CELL.format(lines=mb * MB // 1000, marker=str(marker),
-                              flush_every=flush_mb * MB // 1000)  # fmt: skip
+    code = (UNBOUND if unbounded else "") + OUTPUT_CELL.format(
+        lines=mb * MB // 1000, marker=marker.name, flush_every=flush_mb * MB // 1000
+    )
     body: dict[str, Any] = {"mode": "query", "code": code, "runId": run_id, "run_id": run_id}
     result = await client.execute(sid, body)  # returns at once (first output or poll_hold)
     started = time.monotonic()
     while not marker.exists():
+        if time.monotonic() - started > 600:
+            raise RuntimeError(f"the output cell did not finish: {marker} never appeared")
         await asyncio.sleep(0.1)
     written = time.monotonic() - started
     # the kernel is done writing; let the server take in what is still on its way
@@ -208,7 +228,7 @@ async def unpolled_output(
 
 
 # -- main ----------------------------------------------------------------------------------------
-async def amain(mb_file: int, mb_output: int, flush_mb: int) -> int:
+async def amain(mb_file: int, mb_output: int, flush_mb: int, unbounded: bool) -> int:
     limits = [f"--ServerApp.max_download_bytes={1024 * MIB}",
               f"--ServerApp.max_upload_bytes={1024 * MIB}"]  # fmt: skip
     rows: list[tuple[str, float, float]] = []
@@ -260,11 +280,16 @@ async def amain(mb_file: int, mb_output: int, flush_mb: int) -> int:
                           f"RSS {s.start_mb:.1f} MB before, peak {s.peak_mb:.1f} MB")  # fmt: skip
                     await run_cell(client, sid, "import os; os.remove('up.bin')")
 
-                    marker = base / f"done-{uuid.uuid4().hex[:8]}"
+                    work = server.state_dir / "sessions" / sid / "work"
+                    marker = work / f"done-{uuid.uuid4().hex[:8]}"
                     with RssSampler(pid) as s:
-                        out = await unpolled_output(client, sid, s, mb_output, marker, flush_mb)
-                    label = f"(c) {mb_output} MB output, unpolled" + (
-                        f", flush/{flush_mb} MB" if flush_mb else ""
+                        out = await unpolled_output(
+                            client, sid, s, mb_output, marker, flush_mb, unbounded
+                        )
+                    label = (
+                        f"(c) {mb_output} MB output, unpolled"
+                        + (f", flush/{flush_mb} MB" if flush_mb else "")
+                        + (", unbounded" if unbounded else "")
                     )
                     rows.append((label, s.peak_mb, s.peak_mb - baseline))
                     print(f"(c) output: RSS {s.start_mb:.1f} MB before; written in "
@@ -294,11 +319,14 @@ def main() -> int:
     parser.add_argument("--mb-output", type=int, default=250, help="unpolled output (MB)")
     parser.add_argument(
         "--flush-mb", type=int, default=0,
-        help="(c): the cell flushes stdout every this many MB, so each IOPub message carries "
-        "at most that much (default 0: ipykernel's own flushing, about 50 MB a message here)",
+        help="(c): the cell also flushes stdout every this many MB (default 0: never)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--unbounded", action="store_true",
+        help="(c): the cell first undoes the server's bound on its stream messages",
     )  # fmt: skip
     args = parser.parse_args()
-    return asyncio.run(amain(args.mb_file, args.mb_output, args.flush_mb))
+    return asyncio.run(amain(args.mb_file, args.mb_output, args.flush_mb, args.unbounded))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import sys
 
 import pytest
 
-from remote_kernel.server.record_log import RecordLog
+from remote_kernel.protocol import merge_console
+from remote_kernel.server.record_log import SMALL_PIECE_CHARS, Pieces, RecordLog
 from remote_kernel.server.runs import Run
 
 pytestmark = pytest.mark.timeout(10)
@@ -23,6 +26,50 @@ def test_streams_merge_until_handed_out() -> None:
     log.append(["stdout", "e"])  # the handed-out "d" is frozen: "e" is a new record
     assert log.read(0) == ([["stdout", "ab"], ["stderr", "c"], ["stdout", "d"], ["stdout", "e"]], 4)
     assert log.read(3) == ([["stdout", "e"]], 4)
+
+
+def test_stream_output_below_the_bound_is_lossless_and_in_order() -> None:
+    """Writes of every size (merged into pieces, cut at the chunk size, ASCII or not),
+    interleaved with reads, replays and acks: what is read is exactly what was written."""
+    rng = random.Random(9)
+    log = RecordLog(64 * 1024 * 1024)
+    written: list[list[str]] = []
+    got: list[list[str]] = []
+    cursor = 0
+    for i in range(400):
+        kind = "stdout" if rng.random() < 0.8 else "stderr"
+        size = rng.choice([0, 1, 10, 100, SMALL_PIECE_CHARS - 5, 5000, 70_000, 300_000])
+        text = f"<{i}>" + "xé\U0001f600\n"[i % 4] * size
+        log.append([kind, text])
+        written.append([kind, text])
+        if rng.random() < 0.1:
+            records, end = log.read(cursor)
+            assert log.read(cursor) == (records, end)  # a replay hands out the same records
+            got += records
+            cursor = end
+            if rng.random() < 0.5:
+                log.ack(cursor)
+    records, cursor = log.read(cursor)
+    got += records
+    assert cursor == len(log) and log.dropped == 0
+    assert all(type(data) is str and len(data) <= log.chunk for _, data in got)
+    assert merge_console(got) == merge_console(written)
+
+
+def test_merged_pieces_count_their_memory() -> None:
+    """Tiny writes merge into pieces of a few KiB (not a str each, not one copy per write);
+    what a merged record counts is at least what it holds."""
+    log = RecordLog(64 * 1024 * 1024)
+    for _ in range(20_000):
+        log.append(["stdout", "y" * 50 + "\n"])
+    [[_, data]] = list(log._kept)
+    assert isinstance(data, Pieces) and data.chars == 20_000 * 51
+    assert len(data) == -(-20_000 * 51 // (SMALL_PIECE_CHARS // 51 * 51))
+    held = sys.getsizeof(data) + sum(sys.getsizeof(piece) for piece in data)
+    assert held == data.size <= log.bytes
+    records, _ = log.read(0)
+    assert records == [["stdout", ("y" * 50 + "\n") * 20_000]]
+    assert type(log._kept[0][1]) is str  # joined once, when handed out
 
 
 def test_ack_frees_and_bound_drops_with_one_notice() -> None:

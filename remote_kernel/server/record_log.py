@@ -2,7 +2,9 @@
 
 Protocol §1.5 (merging), §2.3 (cursor, memory bound). A stream record counts its real Python
 memory, long output is kept in pieces so the oldest can be dropped piece by piece, and dropped
-records are remembered as ranges and reported as one stderr notice where they were.
+records are remembered as ranges and reported as one stderr notice where they were. Merging
+never copies what a record holds: a merged record keeps the texts it was made of
+(:class:`Pieces`) and is joined only when it is read, so output nobody collects is never copied.
 """
 
 from __future__ import annotations
@@ -26,17 +28,58 @@ MAX_GAPS = 256
 #: characters (at most 1/16 of the bound), so the oldest output can be dropped piece by piece.
 MAX_CHUNK_CHARS = 1024 * 1024
 MIN_CHUNK_CHARS = 1024
+#: Texts merged into a record are kept as they came; consecutive ones shorter than this are
+#: joined, so many tiny writes do not cost a str each.
+SMALL_PIECE_CHARS = 4096
+
+
+class Pieces(list[str]):
+    """The text of a merged stream record not handed out yet, in the pieces it arrived in
+    (``str(pieces)`` is the text). :attr:`chars` is its length, :attr:`size` its real memory
+    (the list and each str)."""
+
+    __slots__ = ("_strs", "chars")
+
+    def __init__(self, first: str) -> None:
+        super().__init__([first])
+        self.chars = len(first)
+        self._strs = sys.getsizeof(first)
+
+    def add(self, text: str) -> None:
+        last = self[-1]
+        if len(last) + len(text) <= SMALL_PIECE_CHARS:
+            joined = last + text
+            self[-1] = joined
+            self._strs += sys.getsizeof(joined) - sys.getsizeof(last)
+        else:
+            self.append(text)
+            self._strs += sys.getsizeof(text)
+        self.chars += len(text)
+
+    @property
+    def size(self) -> int:
+        return self._strs + sys.getsizeof(self)
+
+    def __str__(self) -> str:
+        return "".join(self)
+
+
+def _chars(data: str | Pieces) -> int:
+    return data.chars if isinstance(data, Pieces) else len(data)
 
 
 def record_size(rec: Record) -> int:
     """What a record counts against the bound, in bytes.
 
     A stream record (the bulk of any large output) counts its real Python memory: the str
-    (``sys.getsizeof``: 2 or 4 bytes a character for non-ASCII text) plus ``RECORD_OVERHEAD``,
+    (``sys.getsizeof``: 2 or 4 bytes a character for non-ASCII text), or its :class:`Pieces`,
+    plus ``RECORD_OVERHEAD``,
     so many small records cannot hold several times the bound. Other records count their JSON
     length plus 16.
     """
     data = rec[1]
+    if isinstance(data, Pieces):
+        return data.size + RECORD_OVERHEAD
     if isinstance(data, str) and rec[0] in (p.STDOUT, p.STDERR):
         return sys.getsizeof(data) + RECORD_OVERHEAD
     if isinstance(data, str):
@@ -50,7 +93,8 @@ class RecordLog:
     * Consecutive stdout (or stderr) records merge while the last one has not been handed out;
       a record handed out is never changed again, so replaying a cursor returns the same prefix.
       A stream record holds at most :attr:`chunk` characters: longer output (a long run nobody
-      polls, or one huge write) becomes several records.
+      polls, or one huge write) becomes several records. A merged record keeps its texts as
+      :class:`Pieces` (merging copies nothing), joined when it is first handed out.
     * ``read(n)`` returns records ``n..end`` and the new cursor ``end``; ``ack(n)`` frees the
       records before ``n`` (the client confirmed them by sending cursor ``n``).
     * :attr:`bytes` is the size of the records kept (:func:`record_size`) and never exceeds
@@ -89,23 +133,27 @@ class RecordLog:
             self._push([kind, data])
             return
         chunk = self.chunk
+        pos = 0  # data[:pos] is taken care of (merged, or dropped): slicing copies, so it is late
         merged = False
         if (
             self._kept
             and self._end - 1 >= max(self.sent, self.floor)
             and self._kept[-1][0] == kind
-            and len(self._kept[-1][1]) < chunk
+            and _chars(self._kept[-1][1]) < chunk
         ):
             last = self._kept[-1]
-            room = chunk - len(last[1])
-            head, data = (data, "") if len(data) <= room else (data[:room], data[room:])
-            last[1] = last[1] + head
-            size = sys.getsizeof(last[1]) + RECORD_OVERHEAD
+            pos = min(chunk - _chars(last[1]), len(data))
+            if pos:
+                if not isinstance(last[1], Pieces):
+                    last[1] = Pieces(last[1])
+                last[1].add(data if pos == len(data) else data[:pos])
+            size = record_size(last)
             self.bytes += size - self._sizes[-1]
             self._sizes[-1] = size
             self._enforce_bound()
             merged = True
-        skip = (len(data) - self.max_bytes) // chunk * chunk if len(data) > self.max_bytes else 0
+        rest = len(data) - pos
+        skip = (rest - self.max_bytes) // chunk * chunk if rest > self.max_bytes else 0
         if skip:
             # One write larger than the bound: everything kept goes, and so do the whole chunks
             # of its head that would be dropped anyway (counted, never copied).
@@ -115,12 +163,12 @@ class RecordLog:
                 self._note_gap(self._end, per_chunk)
                 self._end += 1
             self._oldest = self._end
-            data = data[skip:]
-        if len(data) <= chunk:
+            pos += skip
+        if pos == 0 and len(data) <= chunk:
             if data or not merged:
                 self._push([kind, data])
             return
-        for start in range(0, len(data), chunk):
+        for start in range(pos, len(data), chunk):
             self._push([kind, data[start : start + chunk]])
 
     def _push(self, rec: Record) -> None:
@@ -188,6 +236,8 @@ class RecordLog:
             for item, size in kept:
                 if budget is not None and taken and taken + size > budget:
                     break
+                if isinstance(item[1], Pieces):  # joined once, when first handed out; it
+                    item[1] = str(item[1])  # keeps counting its pieces' (larger) size
                 out.append([item[0], item[1]])
                 taken += size
                 i += 1

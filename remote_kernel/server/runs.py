@@ -24,8 +24,11 @@ RUNNING = "running"
 KEEP_FINISHED_RUNS = 4
 #: Ids of runs no longer kept, remembered so that a late retried query is refused, not re-run.
 REMEMBER_RUN_IDS = 4096
-#: Most bytes of records (as :attr:`RecordLog.bytes` counts them) in one response body.
-PAGE_BYTES = 4 * 1024 * 1024
+#: Most bytes of records (as :attr:`RecordLog.bytes` counts them) in one response body. A
+#: response costs the server a few times its records while it is sent (its JSON text, its bytes,
+#: the socket's buffer): 2 MiB (one full stream record a response) keeps that small; 4 MiB
+#: added 12 MB to the peak of ``benchmarks/server_memory.py`` (c).
+PAGE_BYTES = 2 * 1024 * 1024
 
 
 class Run:
