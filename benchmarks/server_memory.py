@@ -18,7 +18,7 @@ scenario) while it goes through:
     ``continue`` + cursor. The server has its ipykernel publish stream messages of at most 256 Ki
     characters (``remote_kernel/server/kernel_streams.py``); with ``--unbounded`` the cell undoes
     that first, so ipykernel sends what it buffers in 0.2 s (about 50 MB a message here): what a
-    kernel the server does not bound costs it.
+    kernel the server does not bound costs it (for the rest of the session: (c) comes last).
 
 Printed: baseline RSS (session created, idle), the peak RSS of each scenario and its growth,
 and the target (peak < 150 MB). Targets are printed, not enforced. Everything started here is
