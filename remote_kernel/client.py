@@ -12,18 +12,24 @@ version probe lists them.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections.abc import AsyncGenerator, AsyncIterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.payload import AsyncIterablePayload
 
 from . import protocol as p
-from .errors import ProtocolError, ServerError
-from .signed_http import DEFAULT_ENDPOINT, SignedHTTP
+from .errors import ProtocolError, ServerError, error_from_problem
+from .signed_http import BODYLESS_CONTENT_TYPE, DEFAULT_ENDPOINT, SignedHTTP
 
 log = logging.getLogger(__name__)
+
+#: Bytes read from a download's response at a time.
+DOWNLOAD_CHUNK = 256 * 1024
 
 
 # -- value objects ------------------------------------------------------------------------------
@@ -225,6 +231,115 @@ class RunLoopClient(SignedHTTP):
         inner = result.get("result") if isinstance(result, dict) else None
         return inner if isinstance(inner, dict) else None
 
+    # -- files (Backend.AI's file API, protocol.md §1.7) ------------------------------------
+    async def list_files(
+        self, session_id: str, path: str = ".", *, timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        """``GET /session/{id}/files``: the entries of one work-directory folder
+        (``filename``, ``size``, ``mode``, ``mtime``...). The path goes in the query string
+        (current managers) and in a JSON body (older ones and the SDK)."""
+        result = await self._request(
+            "GET", f"/session/{session_id}/files", params={"path": path or "."},
+            body={"path": path or "."}, timeout=timeout,
+        )  # fmt: skip
+        raw = result.get("files") if isinstance(result, dict) else None
+        if isinstance(raw, str):  # Backend.AI sends the list as a JSON string
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raise ProtocolError(f"The file listing is not JSON: {raw[:200]!r}") from None
+        if not isinstance(raw, list):
+            raise ProtocolError(f"The file listing has no list of files: {result!r:.200}")
+        return [entry for entry in raw if isinstance(entry, dict)]
+
+    async def upload_files(
+        self,
+        session_id: str,
+        files: Sequence[tuple[str, AsyncIterable[bytes]]],
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """``POST /session/{id}/upload``: one multipart request, a part per (name, content).
+
+        Each content is streamed as it is produced, so no file is held in memory. Names are
+        work-directory paths, sent as they are (a real manager does not percent-decode them).
+        Never retried: a body that may have been consumed cannot be sent again.
+        """
+        writer = aiohttp.MultipartWriter("form-data")
+        for name, chunks in files:
+            part = writer.append_payload(
+                AsyncIterablePayload(chunks, content_type="application/octet-stream")
+            )
+            part.set_content_disposition("form-data", name="src", filename=name, quote_fields=False)
+        url = self._url(f"/session/{session_id}/upload")
+        headers = self._headers("POST", url, writer.content_type)
+        limit = timeout if timeout is not None else self.request_timeout
+        with self._map_transport_errors(f"POST {url.raw_path}", limit):
+            async with self._http().post(
+                url, data=writer, headers=headers, timeout=self._stream_timeout(limit)
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        if status >= 400:
+            raise _problem(status, raw)
+
+    async def download_files(
+        self, session_id: str, names: Sequence[str], *, timeout: float | None = None
+    ) -> AsyncGenerator[tuple[int, bytes], None]:
+        """``POST /session/{id}/download?files=...``: the tar archive of each name, streamed.
+
+        Yields ``(index of the name, piece of its archive)`` as the response arrives (never a
+        whole archive in memory). Use it inside ``contextlib.aclosing``: stopping early closes
+        the connection.
+        """
+        url = self._url(f"/session/{session_id}/download").with_query(
+            [("files", name) for name in names]
+        )
+        headers = self._headers("POST", url, BODYLESS_CONTENT_TYPE)
+        limit = timeout if timeout is not None else self.request_timeout
+        what = f"POST {url.raw_path}"
+        with self._map_transport_errors(what, limit):
+            resp = await self._http().post(
+                url, headers=headers, timeout=self._stream_timeout(limit)
+            )
+        try:
+            if resp.status >= 400:
+                with self._map_transport_errors(what, limit):
+                    raw = await resp.read()
+                raise _problem(resp.status, raw)
+            try:
+                reader = aiohttp.MultipartReader.from_response(resp)
+            except (ValueError, AssertionError, KeyError) as exc:
+                raise ProtocolError(
+                    f"{what} answered {resp.content_type!r}, not multipart archives: {exc}"
+                ) from None
+            index = -1
+            while True:
+                with self._map_transport_errors(what, limit):
+                    part = await reader.next()
+                if part is None:
+                    break
+                index += 1
+                if not isinstance(part, aiohttp.BodyPartReader):
+                    raise ProtocolError(f"{what}: part {index} is not an archive")
+                while not part.at_eof():
+                    with self._map_transport_errors(what, limit):
+                        chunk = await part.read_chunk(DOWNLOAD_CHUNK)
+                    if chunk:
+                        yield index, chunk
+            if index + 1 != len(names):
+                raise ProtocolError(f"{what} sent {index + 1} archive(s) for {len(names)} name(s)")
+        finally:
+            resp.close()
+
+    def _stream_timeout(self, read: float) -> aiohttp.ClientTimeout:
+        """No total limit (a transfer takes as long as it takes); ``read`` seconds at most
+        without a byte from the server once the request is sent."""
+        return aiohttp.ClientTimeout(
+            total=None, connect=self.connect_timeout, sock_connect=self.connect_timeout,
+            sock_read=read,
+        )  # fmt: skip
+
     # -- the run loop -------------------------------------------------------------------------
     async def execute(
         self,
@@ -252,6 +367,14 @@ class RunLoopClient(SignedHTTP):
             "POST", f"/session/{session_id}", body=body, idempotent=idempotent
         )
         return p.parse_run_result(result)
+
+
+def _problem(status: int, raw: bytes) -> ServerError:
+    try:
+        body: Any = json.loads(raw) if raw else None
+    except ValueError:
+        body = raw.decode("utf-8", "replace")
+    return error_from_problem(status, body)
 
 
 __all__ = [
