@@ -41,6 +41,9 @@ def _isolated_jupyter_dirs() -> Iterator[None]:
     os.environ["JUPYTER_RUNTIME_DIR"] = str(base / "runtime")
     os.environ["IPYTHONDIR"] = str(base / "ipython")
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+    # Servers the tests start keep no warm pool (two spare kernels per server would double the
+    # suite's kernel starts on a 2-core machine); tests of the pool turn it on themselves.
+    os.environ["REMOTE_KERNEL_POOL_SIZE"] = "0"
     os.environ.pop("BACKEND_ENDPOINT", None)
     os.environ.pop("BACKEND_ACCESS_KEY", None)
     os.environ.pop("BACKEND_SECRET_KEY", None)

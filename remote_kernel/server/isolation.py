@@ -102,6 +102,11 @@ class Isolation:
         """How limits are enforced: ``cgroup-v1``, ``cgroup-v2`` or ``rlimit``."""
         return self.cgroups.name if self.cgroups is not None else "rlimit"
 
+    @property
+    def can_change_limits(self) -> bool:
+        """Whether a running session's limits can be changed (cgroups: yes; rlimits: no)."""
+        return self.cgroups is not None
+
     def describe(self) -> dict[str, Any]:
         return {"sandbox": self.mode, "network": self.network, "limits": self.limits}
 
@@ -112,7 +117,7 @@ class Isolation:
     def for_session(
         self,
         session_id: str,
-        owner: str,
+        owner: str | None,
         work_dir: Path,
         resources: Resources,
         mounts: Mapping[str, Path] | None = None,
@@ -128,13 +133,16 @@ class Isolation:
     def _for_session(
         self,
         session_id: str,
-        owner: str,
+        owner: str | None,
         work_dir: Path,
         resources: Resources,
         mounts: Mapping[str, Path] | None,
         cgroup: SessionCgroup | None,
     ) -> SessionIsolation:
-        uid = self.users.uid_for(owner) if self.users is not None else None
+        uid = None
+        if self.users is not None:
+            # a pooled kernel (no owner yet) gets a user of its own, never a key's
+            uid = self.users.uid_for(owner) if owner is not None else self.users.spare_uid()
         rlimits: dict[str, int] = {}
         if cgroup is None:
             if resources.mem is not None:
@@ -224,6 +232,15 @@ class SessionIsolation:
         return sandbox_command(
             self.plan, cmd, info_fd=info_fd, new_session=new_session, die_with_parent=True
         )
+
+    def set_resources(self, resources: Resources) -> None:
+        """New limits for a running session (a pooled kernel taken by a create)."""
+        if resources == self.resources:
+            return
+        if self.cgroup is None:
+            raise RuntimeError("limits of a running session can only change through cgroups")
+        self.cgroup.update(resources)
+        self.resources = resources
 
     def new_oom_kill(self) -> bool:
         """Whether the system killed a process of this session for memory since last asked."""

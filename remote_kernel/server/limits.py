@@ -196,6 +196,18 @@ class SessionCgroup:
                     return int(value)
         return 0
 
+    def update(self, resources: Resources) -> None:
+        """Write new limits (a slot now unset goes back to no limit)."""
+        tree = CgroupTree(self.version, {})
+        unset = Resources(
+            cpu=-1.0 if resources.cpu is None and self.resources.cpu is not None else None,
+            mem=-1 if resources.mem is None and self.resources.mem is not None else None,
+            pids=-1 if resources.pids is None and self.resources.pids is not None else None,
+        )
+        tree._write_limits(self.dirs, unset)
+        tree._write_limits(self.dirs, resources)
+        self.resources = resources
+
     def remove(self) -> None:
         """Kill whatever is left in the session's cgroups, then remove them."""
         for directory in dict.fromkeys(self.dirs.values()):
@@ -310,28 +322,34 @@ class CgroupTree:
         return SessionCgroup(self.version, dirs, resources)
 
     def _write_limits(self, dirs: dict[str, Path], res: Resources) -> None:
+        """Write the limits ``res`` sets (a negative value: remove that limit)."""
         mem, pids, cpu = dirs.get("memory"), dirs.get("pids"), dirs.get("cpu")
         if self.version == 1:
             if mem is not None and res.mem is not None:
-                (mem / "memory.limit_in_bytes").write_text(str(res.mem))
+                value = str(res.mem) if res.mem >= 0 else "-1"
                 memsw = mem / "memory.memsw.limit_in_bytes"
-                if memsw.exists():
-                    memsw.write_text(str(res.mem))
+                if memsw.exists():  # memory+swap may never be below memory: order matters
+                    with contextlib.suppress(OSError):  # raising: refused until memsw is
+                        (mem / "memory.limit_in_bytes").write_text(value)
+                    memsw.write_text(value)
+                (mem / "memory.limit_in_bytes").write_text(value)
             if pids is not None and res.pids is not None:
-                (pids / "pids.max").write_text(str(res.pids))
+                (pids / "pids.max").write_text(str(res.pids) if res.pids >= 0 else "max")
             if cpu is not None and res.cpu is not None:
                 (cpu / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-                (cpu / "cpu.cfs_quota_us").write_text(str(int(res.cpu * CFS_PERIOD_US)))
+                quota = int(res.cpu * CFS_PERIOD_US) if res.cpu >= 0 else -1
+                (cpu / "cpu.cfs_quota_us").write_text(str(quota))
             return
         if mem is not None and res.mem is not None:
-            (mem / "memory.max").write_text(str(res.mem))
+            (mem / "memory.max").write_text(str(res.mem) if res.mem >= 0 else "max")
             swap = mem / "memory.swap.max"
             if swap.exists():
                 swap.write_text("0")
         if pids is not None and res.pids is not None:
-            (pids / "pids.max").write_text(str(res.pids))
+            (pids / "pids.max").write_text(str(res.pids) if res.pids >= 0 else "max")
         if cpu is not None and res.cpu is not None:
-            (cpu / "cpu.max").write_text(f"{int(res.cpu * CFS_PERIOD_US)} {CFS_PERIOD_US}")
+            most = str(int(res.cpu * CFS_PERIOD_US)) if res.cpu >= 0 else "max"
+            (cpu / "cpu.max").write_text(f"{most} {CFS_PERIOD_US}")
 
     def cleanup(self) -> None:
         """Remove the (empty) ``remote-kernel`` directories at server shutdown."""

@@ -31,6 +31,7 @@ from .batch import BatchRunner
 from .isolation import SessionIsolation, no_isolation
 from .kernel_log import KernelLog
 from .kernel_streams import bound_stream_messages
+from .limits import Resources
 from .runs import Run, RunTable
 
 log = logging.getLogger("remote_kernel.server")
@@ -99,6 +100,27 @@ class SessionRunner:
         if self.isolation.ipc_dir is not None:
             self.km.transport = "ipc"
             self.km.ip = str(self.isolation.ipc_dir / "k")
+
+    async def adopt(self, environ: dict[str, str], resources: Resources) -> None:
+        """Make a pooled kernel a session's: its environment variables (set in the running
+        kernel's ``os.environ``, and for its batch steps and terminals) and its limits."""
+        self.isolation.set_resources(resources)
+        if not environ:
+            return
+        language = self.kernel_info.get("language_info", {}).get("name")
+        if language != "python":
+            raise InternalServerError(
+                f"A {language!r} kernel cannot take environment variables once started."
+            )
+        self.environ = dict(environ)
+        code = f"import os as _rk_os; _rk_os.environ.update({environ!r}); del _rk_os"
+        async with self._shell_lock:
+            reply = await self.kc.execute_interactive(
+                code, silent=True, store_history=False, timeout=self.request_timeout,
+                output_hook=lambda msg: None,
+            )  # fmt: skip
+        if reply["content"].get("status") != "ok":
+            raise InternalServerError("Could not set the session's environment in its kernel.")
 
     @property
     def file_owner(self) -> tuple[int, int] | None:

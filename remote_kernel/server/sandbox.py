@@ -48,6 +48,8 @@ USER = "work"
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
 #: Environment variables a sandboxed process gets from the server (nothing else leaks in).
 PASSED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")
+#: Where the users of pooled kernels start, above the keys' users (see SandboxUsers).
+SPARE_OFFSET = 100_000_000
 #: How long bwrap may take to report its child (it sets up mounts first).
 INFO_TIMEOUT = 10.0
 #: The parent-watching variable jupyter_client sets: inside a pid namespace the kernel's parent
@@ -293,6 +295,13 @@ class SandboxUsers:
                 os.chmod(tmp, 0o600)
                 os.replace(tmp, self.path)
             return uid
+
+    def spare_uid(self) -> int:
+        """A user for a kernel that belongs to no key yet (the warm pool): a fresh one each
+        time, far above the keys' users, never written down (it dies with its session)."""
+        with self._lock:
+            self._spare = getattr(self, "_spare", 0) + 1
+            return self.base + SPARE_OFFSET + (os.getpid() % 1000) * 100_000 + self._spare
 
     def _load(self) -> dict[str, int]:
         try:

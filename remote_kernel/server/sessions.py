@@ -19,6 +19,7 @@ from ..errors import (
     InternalServerError,
     InvalidAPIParamsError,
     NotFoundError,
+    RemoteKernelError,
     SessionAlreadyExistsError,
     SessionNotFoundError,
     TooManySessionsError,
@@ -27,6 +28,8 @@ from ..protocol import SESSION_NAME_RE
 from .events import Event, EventHub
 from .folders import FolderStore
 from .isolation import Isolation
+from .limits import Resources
+from .pool import KernelPool, Pooled, env_fits
 from .runner import SessionRunner
 
 log = logging.getLogger("remote_kernel.server")
@@ -138,8 +141,13 @@ class SessionManager:
         images: ImageResolver | None = None,
         vfolder_root: Path | None = None,
         isolation: Isolation | None = None,
+        pool_size: int = 0,
+        pool_images: tuple[str, ...] = ("python",),
     ) -> None:
         self.isolation = isolation or Isolation()
+        self.pool_size = pool_size
+        self.pool_images = pool_images
+        self.pool: KernelPool | None = None  # start_pool() makes it
         self.sessions_dir = Path(state_dir) / "sessions"
         self.vfolder_root = Path(vfolder_root or Path(state_dir) / "vfolders")
         self.vfolders = FolderStore(self.vfolder_root)  # each key's own folders (POST /folders)
@@ -238,36 +246,24 @@ class SessionManager:
         done = asyncio.Event()  # shutdown_all waits for this start to be settled
         self._in_flight.add(done)
         epoch = self._epoch
-        session_id = str(uuid.uuid4())
-        sdir = self.sessions_dir / session_id
+        env = {str(k): str(v) for k, v in environ.items()}
         try:
-            work = sdir / "work"
-            work.mkdir(parents=True, exist_ok=True)
-            for dest, folder in folders.items():
-                link = work / dest
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(folder, target_is_directory=True)
-            isolation = self.isolation.for_session(session_id, owner, work, resources, folders)
-            runner = SessionRunner(
-                kernel_name,
-                work,
-                sdir / "kernel.log",
-                environ={str(k): str(v) for k, v in environ.items()},
-                isolation=isolation,
-                **self.runner_options,
-            )
-            try:
-                await runner.start()
-                if self._epoch != epoch:  # shutdown_all began while this kernel started
-                    raise InternalServerError(
-                        "The server is shutting down; the session was not created.", status=503
-                    )
-            except BaseException:
+            pooled = await self._from_pool(kernel_name, env, resources, folders)
+            if pooled is not None:
+                session_id, sdir, runner = pooled.session_id, pooled.sdir, pooled.runner
+            else:
+                session_id = str(uuid.uuid4())
+                sdir = self.sessions_dir / session_id
+                runner = self._new_runner(
+                    session_id, owner, kernel_name, env, resources, folders
+                )
+                await self._start_runner(runner, sdir)
+            if self._epoch != epoch:  # shutdown_all began while this kernel started
                 await runner.shutdown()
-                raise
-        except BaseException:
-            shutil.rmtree(sdir, ignore_errors=True)
-            raise
+                shutil.rmtree(sdir, ignore_errors=True)
+                raise InternalServerError(
+                    "The server is shutting down; the session was not created.", status=503
+                )
         finally:
             self._starting[owner] -= 1
             if not self._starting[owner]:
@@ -290,6 +286,96 @@ class SessionManager:
             self._publish(event, session, "user-requested")
         log.info("session %s (%s) started: %s → %s", session.name, session_id, image, kernel_name)
         return session, True
+
+    def _new_runner(
+        self,
+        session_id: str,
+        owner: str | None,
+        kernel_name: str,
+        environ: dict[str, str],
+        resources: Resources,
+        folders: dict[str, Path],
+    ) -> SessionRunner:
+        """A session's directories, links to its folders, isolation and (unstarted) runner."""
+        sdir = self.sessions_dir / session_id
+        work = sdir / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            for dest, folder in folders.items():
+                link = work / dest
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(folder, target_is_directory=True)
+            isolation = self.isolation.for_session(session_id, owner, work, resources, folders)
+        except BaseException:
+            shutil.rmtree(sdir, ignore_errors=True)
+            raise
+        return SessionRunner(
+            kernel_name, work, sdir / "kernel.log", environ=environ, isolation=isolation,
+            **self.runner_options,
+        )  # fmt: skip
+
+    @staticmethod
+    async def _start_runner(runner: SessionRunner, sdir: Path) -> None:
+        """Start the kernel; on any failure (or cancellation) leave nothing behind."""
+        try:
+            await runner.start()
+        except BaseException:
+            await runner.shutdown()
+            shutil.rmtree(sdir, ignore_errors=True)
+            raise
+
+    # -- the warm pool ------------------------------------------------------------------------
+    def start_pool(self) -> None:
+        """Keep ``pool_size`` kernels ready for each of ``pool_images`` (on the running loop)."""
+        if self.pool_size <= 0 or self.pool is not None:
+            return
+        names = []
+        for image in self.pool_images:
+            try:
+                names.append(self.images.resolve(image))
+            except RemoteKernelError as exc:
+                log.warning("pool image %r: %s", image, exc)
+        self.pool = KernelPool(self.pool_size, names, self._start_pooled, self._discard_pooled)
+        self.pool.start()
+
+    async def _start_pooled(self, kernel_name: str) -> Pooled:
+        session_id = str(uuid.uuid4())
+        sdir = self.sessions_dir / session_id
+        runner = self._new_runner(session_id, None, kernel_name, {}, self.isolation.default, {})
+        await self._start_runner(runner, sdir)
+        return Pooled(session_id, sdir, runner)
+
+    @staticmethod
+    async def _discard_pooled(pooled: Pooled) -> None:
+        await pooled.runner.shutdown()
+        shutil.rmtree(pooled.sdir, ignore_errors=True)
+
+    async def _from_pool(
+        self,
+        kernel_name: str,
+        environ: dict[str, str],
+        resources: Resources,
+        folders: dict[str, Path],
+    ) -> Pooled | None:
+        """A pooled kernel made this session's (its environment and limits applied), or None
+        when the pool cannot serve this create."""
+        pool = self.pool
+        if pool is None or not pool.offers(kernel_name) or folders or not env_fits(environ):
+            return None
+        if resources != self.isolation.default and not self.isolation.can_change_limits:
+            return None
+        pooled = await pool.take(kernel_name)
+        if pooled is None:
+            return None
+        try:
+            await pooled.runner.adopt(environ, resources)
+        except BaseException as exc:
+            await self._discard_pooled(pooled)
+            if isinstance(exc, Exception):  # it cannot be this session's: start one instead
+                log.warning("pooled kernel not usable for this session: %s", exc)
+                return None
+            raise
+        return pooled
 
     def _publish(self, name: str, session: Session, reason: str) -> None:
         self.events.publish(Event(name, session.owner, session.id, session.name, reason))
@@ -352,8 +438,11 @@ class SessionManager:
         log.info("session %s (%s) destroyed", session.name, session.id)
 
     async def shutdown_all(self) -> None:
-        """Destroy every session, and wait for kernels still starting: they are shut down."""
+        """Destroy every session and pooled kernel, and wait for kernels still starting: they
+        are shut down."""
         self._epoch += 1
+        if self.pool is not None:
+            await self.pool.close()
         starting = [done.wait() for done in self._in_flight]
         sessions = list(self._by_id.values())
         await asyncio.gather(
