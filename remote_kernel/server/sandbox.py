@@ -51,7 +51,7 @@ PASSED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")
 #: Where the users of pooled kernels start, above the keys' users (see SandboxUsers).
 SPARE_OFFSET = 100_000_000
 #: How long bwrap may take to report its child (it sets up mounts first).
-INFO_TIMEOUT = 10.0
+INFO_TIMEOUT = 30.0
 #: The parent-watching variable jupyter_client sets: inside a pid namespace the kernel's parent
 #: is the sandbox's init (pid 1), which ipykernel would take for "my parent died".
 UNSET_ENV = ("JPY_PARENT_PID",)
@@ -319,9 +319,10 @@ def read_child_pid(fd: int, alive: Callable[[], bool], timeout: float = INFO_TIM
     sooner when ``alive()`` turns false: the sandbox failed to start)."""
     data = b""
     deadline = time.monotonic() + timeout
+    poller = select.poll()  # not select(): a busy server has descriptors above FD_SETSIZE
+    poller.register(fd, select.POLLIN | select.POLLHUP)
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.05)
-        if ready:
+        if poller.poll(50):
             chunk = os.read(fd, 4096)
             data += chunk
             try:
