@@ -5,6 +5,9 @@ Modules, one concern each:
 - ``kernel``: :class:`RemoteKernel`, its settings (traits) and ``do_*`` hooks;
 - ``session``: the remote session's life (create, heartbeat, replace, destroy) and transport;
 - ``cell``: one cell (run loop, output, stdin, the interrupt race, the reply);
+- ``magic_cell``: a cell with ``%remote`` lines, run in order with its code; ``magics`` (pure)
+  parses them, ``commands`` runs them, ``transfer`` moves files over the file API (``untar``
+  unpacks downloads, ``sync`` plans ``%remote sync``, ``progress`` shows long transfers);
 - ``transports`` and ``channel``: how runs travel (HTTP polling; the push channel);
 - ``stdin``: ``input_request`` without blocking the event loop;
 - ``replies``: reply shaping, pure; ``history``: the cells this kernel ran, pure;

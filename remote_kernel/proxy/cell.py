@@ -173,6 +173,8 @@ class CellRun:
             if session.lost:
                 session.lost = False
                 self.publish("stream", {"name": "stderr", "text": NEW_SESSION_NOTE})
+            for note in session.take_notes():
+                self.publish("stream", {"name": "stderr", "text": note})
             client = session.client
             jupyter = client.has(p.FEATURE_JUPYTER_CONSOLE)
             options = {"console": p.CONSOLE_JUPYTER, **self.options} if jupyter else {}

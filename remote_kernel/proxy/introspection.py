@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 from ..client import RunLoopClient
 from ..errors import RemoteKernelError
-from . import replies
+from . import magics, replies, transfer
 from .history import CellHistory
 from .session import RemoteSession
 
@@ -40,6 +41,12 @@ class IntrospectionMixin:
 
     # -- completion, inspection, is_complete -------------------------------------------------------
     async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:
+        pos = len(code) if cursor_pos is None else cursor_pos
+        magic = magics.complete(code, pos)  # a %remote line is ours, not the remote's
+        if magic is not None:
+            if isinstance(magic, magics.PathQuery):
+                return magics.path_reply(magic, await self._folder_names(magic))
+            return magic
         sid = await self._idle_session()
         if sid is None:
             return replies.empty_complete(code, cursor_pos)
@@ -50,6 +57,28 @@ class IntrospectionMixin:
             log.info("completion failed: %s", exc)
             return replies.empty_complete(code, cursor_pos)
         return replies.complete_reply(result, code, cursor_pos)
+
+    async def _folder_names(self, query: magics.PathQuery) -> list[tuple[str, bool]]:
+        """(name, is_folder) in the folder a %remote path completion is in; [] on any error."""
+        folder = query.folder.rstrip("/")
+        if not query.remote:
+            try:
+                with os.scandir(os.path.expanduser(folder) or ".") as entries:
+                    return [(e.name, e.is_dir()) for e in entries]
+            except OSError:
+                return []
+        sid = await self._idle_session()
+        if sid is None:
+            return []
+        try:
+            path = magics.remote_path(folder, allow_top=True)
+            listing = await asyncio.wait_for(
+                transfer.list_folder(self._main_client(), sid, path), SESSION_WAIT
+            )
+        except (RemoteKernelError, asyncio.TimeoutError, magics.MagicError) as exc:
+            log.info("no completion of remote paths: %s", exc)
+            return []
+        return [(e.name, e.is_dir) for e in listing]
 
     async def do_inspect(
         self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()

@@ -3,7 +3,9 @@
 This module holds the kernel's settings (traits) and its ``do_*`` hooks, and wires the parts:
 :class:`~remote_kernel.proxy.session.RemoteSession` (``self.remote``: the session's life and
 transport; ``self.session`` stays ipykernel's Jupyter message session),
-:class:`~remote_kernel.proxy.cell.CellRun` (one cell), :mod:`~remote_kernel.proxy.stdin`,
+:class:`~remote_kernel.proxy.cell.CellRun` (one cell), or
+:class:`~remote_kernel.proxy.magic_cell.MagicCell` for a cell with ``%remote`` lines (files moved
+between the notebook's folder and the session), :mod:`~remote_kernel.proxy.stdin`,
 :mod:`~remote_kernel.proxy.replies` (reply shaping) and
 :class:`~remote_kernel.proxy.history.CellHistory`.
 
@@ -36,11 +38,13 @@ from ..credentials import (
     resolve_credentials,
 )
 from ..errors import ConfigurationError
-from . import replies, stdin
+from . import commands, magics, replies, stdin
 from .cell import CellRun
 from .history import CellHistory
 from .introspection import IntrospectionMixin
+from .magic_cell import MagicCell
 from .session import RemoteSession, SessionSpec
+from .sync import SyncLedger
 
 __all__ = ["RemoteKernel"]
 
@@ -110,6 +114,17 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         help="How runs travel: 'auto' uses the server's push channel (one WebSocket per "
         "session) when offered and reachable, else HTTP polling; 'polling' always polls.",
     ).tag(config=True)
+    sync_on_start = Bool(
+        False,
+        help="Send the notebook folder's new and changed files to the work directory when the "
+        "session starts, before the first cell runs (as `%remote sync` does: hidden files, "
+        ".ipynb_checkpoints and what .remoteignore lists are skipped).",
+    ).tag(config=True)
+    transfer_progress_after = Float(
+        1.0,
+        help="Seconds a %remote transfer runs before it shows a progress display (updated in "
+        "place, ending at 100 %).",
+    ).tag(config=True)
     kernel_info_wait = Float(
         10.0,
         help="Seconds a kernel_info request may wait for the remote session, so that the "
@@ -167,7 +182,11 @@ class RemoteKernel(IntrospectionMixin, Kernel):
             ),
             self._main_client,
         )  # fmt: skip
-        self._cell: CellRun | None = None
+        self._cell: CellRun | MagicCell | None = None
+        self.sync_ledger = SyncLedger()  # what %remote sync moved, per session
+        self.start_sync = ""  # the report of sync_on_start
+        if self.sync_on_start:
+            self.remote.after_create = self._sync_at_start
         self._drain_task: asyncio.Future[Any] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._started_at = time.monotonic()
@@ -270,6 +289,9 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         if isinstance(count, int):
             self.history.add(self.remote.generation or 1, count, code)
 
+    async def _sync_at_start(self, session_id: str) -> None:
+        await commands.sync_at_start(self, session_id)
+
     # -- execute -----------------------------------------------------------------------------------
     async def do_execute(
         self,
@@ -292,7 +314,11 @@ class RemoteKernel(IntrospectionMixin, Kernel):
             "allow_stdin": allow_stdin,
             "stop_on_error": True,
         }
-        cell = CellRun(self, code, silent, store_history and not silent, allow_stdin, options)
+        cell: CellRun | MagicCell
+        if magics.has_magic(code):  # %remote lines: the proxy runs them, in order with the code
+            cell = MagicCell(self, code, silent, store_history and not silent, allow_stdin, options)
+        else:
+            cell = CellRun(self, code, silent, store_history and not silent, allow_stdin, options)
         cell.on_detach = self._detached
         self._cell = cell
         on_main = threading.current_thread() is threading.main_thread()

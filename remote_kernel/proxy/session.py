@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,10 @@ class RemoteSession:
         self._task: asyncio.Task[str] | None = None
         self._closing: asyncio.Future[None] | None = None
         self.shutting_down = False
+        #: Awaited with each new session's id before it counts as started (a failure of its
+        #: own is its business: it should leave a note instead of raising).
+        self.after_create: Callable[[str], Awaitable[None]] | None = None
+        self.notes: list[str] = []  # stderr notes for the next cell (e.g. a failed start sync)
 
     @property
     def client(self) -> RunLoopClient:
@@ -95,7 +99,14 @@ class RemoteSession:
             except RemoteKernelError as exc:
                 log.warning("could not read the remote kernel info: %s", exc)
         await self._open_channel(ref.id)
+        if self.after_create is not None:
+            await self.after_create(ref.id)
         return ref.id
+
+    def take_notes(self) -> list[str]:
+        """The notes left for the next cell (and forgets them)."""
+        notes, self.notes = self.notes, []
+        return notes
 
     async def _open_channel(self, session_id: str) -> None:
         if self.spec.transport == "polling" or not self.client.has(p.FEATURE_PUSH_CHANNEL):
