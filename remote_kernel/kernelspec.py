@@ -150,6 +150,8 @@ def make_kernel_cmd(
     image: str | None = None,
     resources: dict[str, Any] | None = None,
     extra_arguments: list[str] | None = None,
+    *,
+    sync_on_start: bool = False,
 ) -> list[str]:
     """The kernel's ``argv``: an absolute interpreter, ``-m remote_kernel -f {connection_file}``
     and one ``--RemoteKernel.<trait>=value`` flag per given setting."""
@@ -160,6 +162,8 @@ def make_kernel_cmd(
         argv.append(f"--RemoteKernel.image={image}")
     if resources:
         argv.append(f"--RemoteKernel.resources={json.dumps(resources, sort_keys=True)}")
+    if sync_on_start:
+        argv.append("--RemoteKernel.sync_on_start=True")
     return [*argv, *(extra_arguments or [])]
 
 
@@ -171,21 +175,30 @@ def get_kernel_dict(
     env: dict[str, str] | None = None,
     executable: str | None = None,
     extra_arguments: list[str] | None = None,
+    *,
+    sync_on_start: bool = False,
 ) -> dict[str, Any]:
-    """The content of ``kernel.json``. Never contains a secret."""
+    """The content of ``kernel.json``. Never contains a secret.
+
+    ``sync_on_start`` makes the kernel send the notebook's folder to each new session before
+    its first cell (``RemoteKernel.sync_on_start``); it is then noted in the metadata too.
+    """
+    ours: dict[str, Any] = {
+        "endpoint": endpoint,
+        "image": image,
+        "resources": dict(resources or {}),
+    }
+    if sync_on_start:
+        ours["sync_on_start"] = True
     return {
-        "argv": make_kernel_cmd(executable, endpoint, image, resources, extra_arguments),
+        "argv": make_kernel_cmd(
+            executable, endpoint, image, resources, extra_arguments, sync_on_start=sync_on_start
+        ),
         "display_name": display_name or default_display_name(image),
         "language": language_from_image(image),
         "interrupt_mode": "message",
         "env": {**BASE_ENV, **(env or {})},
-        "metadata": {
-            METADATA_KEY: {
-                "endpoint": endpoint,
-                "image": image,
-                "resources": dict(resources or {}),
-            }
-        },
+        "metadata": {METADATA_KEY: ours},
     }
 
 

@@ -81,6 +81,7 @@ class InstallKernelSpecApp(SubcommandApp):
 remote-kernel install --endpoint=https://api.example.com
 remote-kernel install --name=remote-gpu --resources=cpu=4,mem=16g,cuda.device=1
 remote-kernel install --image=julia:1.9 --sys-prefix
+remote-kernel install --name=remote-synced --sync-on-start
 """
 
     kernel_name = Unicode(
@@ -108,6 +109,11 @@ remote-kernel install --image=julia:1.9 --sys-prefix
         help="Access key to save with the secret key from $BACKEND_SECRET_KEY (or a prompt) in "
         "your 0600 credentials file (default: $BACKEND_ACCESS_KEY)."
     ).tag(config=True)
+    sync_on_start = Bool(
+        False,
+        help="Send the notebook's folder (new and changed files, as `%remote sync`) to each new "
+        "session before its first cell runs.",
+    ).tag(config=True)
     user = Bool(True, help="Install for the current user (the default).").tag(config=True)
     sys_prefix = Bool(False, help=f"Install into this environment ({sys.prefix}).").tag(config=True)
     prefix = Unicode(
@@ -129,6 +135,10 @@ remote-kernel install --image=julia:1.9 --sys-prefix
         "sys-prefix": (
             {"InstallKernelSpecApp": {"sys_prefix": True}},
             f"Install into this environment ({sys.prefix}).",
+        ),
+        "sync-on-start": (
+            {"InstallKernelSpecApp": {"sync_on_start": True}},
+            "Send the notebook's folder to each new session before its first cell runs.",
         ),
     }
 
@@ -183,6 +193,7 @@ remote-kernel install --image=julia:1.9 --sys-prefix
                 resources=resources,
                 display_name=self.display_name or None,
                 env=env,
+                sync_on_start=self.sync_on_start,
             )
             note = self._save_keypair(endpoint)
         except ConfigurationError as exc:
@@ -194,6 +205,8 @@ remote-kernel install --image=julia:1.9 --sys-prefix
         display = self.display_name or default_display_name(image)
         print(f"Installed kernelspec {kernel_name} ({display}) in {path}")
         print(f"  endpoint: {endpoint or '$BACKEND_ENDPOINT at kernel start'}")
+        if self.sync_on_start:
+            print("  sync on start: the notebook's folder goes to each new session")
         print(note)
         data_dir = os.path.join(prefix or "", "share", "jupyter")
         searched = os.environ.get("JUPYTER_PATH", "").split(os.pathsep)

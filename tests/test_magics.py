@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from remote_kernel import kernelspec
+from remote_kernel.cli import main
 from remote_kernel.proxy import magics as m
 from remote_kernel.proxy.magics import (
     CodeChunk,
@@ -412,3 +415,24 @@ def test_upload_plan(tmp_path: Path) -> None:
         upload_plan(tmp_path, ["a.csv", "missing.csv"], "")
     assert (info.value.ename, str(info.value)) == (
         "FileNotFoundError", f"No such file or folder: 'missing.csv' (in {tmp_path}).")
+
+
+# -- the kernelspec option ---------------------------------------------------------------------
+def test_sync_on_start_in_the_kernelspec(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = kernelspec.get_kernel_dict(endpoint="http://h:1", sync_on_start=True)
+    assert spec["argv"][-1] == "--RemoteKernel.sync_on_start=True"
+    assert spec["metadata"]["remote_kernel"]["sync_on_start"] is True
+    plain = kernelspec.get_kernel_dict(endpoint="http://h:1")
+    assert not any("sync_on_start" in arg for arg in plain["argv"])
+    assert "sync_on_start" not in plain["metadata"]["remote_kernel"]
+
+    assert main(["install", "--name=remote-synced", "--sync-on-start",
+                 f"--prefix={tmp_path}"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "sync on start: the notebook's folder goes to each new session" in out
+    installed = json.loads(
+        (tmp_path / "share/jupyter/kernels/remote-synced/kernel.json").read_text()
+    )
+    assert "--RemoteKernel.sync_on_start=True" in installed["argv"]
