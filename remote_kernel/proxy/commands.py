@@ -9,6 +9,7 @@ transfer that lasts, a :class:`~remote_kernel.proxy.progress.Progress` display; 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -147,7 +148,7 @@ class RemoteCommands:
         sid = await self.session()
         client = self.host.remote.client
         total = await transfer.remote_total(client, sid, command.sources)
-        dest = self.cwd / command.to
+        dest = self.cwd / os.path.expanduser(command.to)
         if dest.exists() and not dest.is_dir():
             raise MagicError("NotADirectoryError", f"{command.to!r} is a file, not a folder.")
         label = f"Downloading {', '.join(command.sources)}"
