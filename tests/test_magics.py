@@ -15,7 +15,9 @@ import pytest
 
 from remote_kernel import kernelspec
 from remote_kernel.cli import main
+from remote_kernel.errors import ProtocolError, SessionNotFoundError
 from remote_kernel.proxy import magics as m
+from remote_kernel.proxy import transfer
 from remote_kernel.proxy.magics import (
     CodeChunk,
     Download,
@@ -436,3 +438,43 @@ def test_sync_on_start_in_the_kernelspec(
         (tmp_path / "share/jupyter/kernels/remote-synced/kernel.json").read_text()
     )
     assert "--RemoteKernel.sync_on_start=True" in installed["argv"]
+
+
+# -- transfer's error mapping, with a fake client ----------------------------------------------
+class FakeFileClient:
+    """The file calls of a RunLoopClient, scripted."""
+
+    def __init__(self, *, session_alive: bool = True, archive: bytes = b"") -> None:
+        self.session_alive = session_alive
+        self.archive = archive
+
+    async def session_info(self, sid: str, *, timeout: float | None = None) -> dict:
+        if not self.session_alive:
+            raise SessionNotFoundError("No such session.")
+        return {}
+
+    async def list_files(self, sid: str, path: str = ".", **_: object) -> list:
+        # what error_from_problem makes of our server's 404 for a missing file
+        raise SessionNotFoundError(f"No such file or directory in the session: {path!r}.")
+
+    async def download_files(self, sid: str, names: list[str], **_: object):
+        for start in range(0, len(self.archive), 1000):
+            yield 0, self.archive[start : start + 1000]
+
+
+async def test_a_404_is_a_missing_file_unless_the_session_is_gone() -> None:
+    with pytest.raises(MagicError) as info:
+        await transfer.list_folder(FakeFileClient(), "sid", "nope")  # type: ignore[arg-type]
+    assert (info.value.ename, str(info.value)) == (
+        "FileNotFoundError", "No such file or directory in the session: 'nope'.")
+    with pytest.raises(SessionNotFoundError, match="No such session"):
+        gone = FakeFileClient(session_alive=False)
+        await transfer.list_folder(gone, "sid", "nope")  # type: ignore[arg-type]
+
+
+async def test_a_damaged_archive_is_a_protocol_error(tmp_path: Path) -> None:
+    client = FakeFileClient(archive=b"this is not a tar archive" * 100)
+    with pytest.raises(ProtocolError, match=r"damaged archive of 'x\.bin'"):
+        progress = Progress(None, "", None)
+        await transfer.download(client, "sid", [("x.bin", tmp_path)], progress)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []

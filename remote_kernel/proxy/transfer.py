@@ -20,13 +20,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tarfile
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from ..client import RunLoopClient
-from ..errors import NotFoundError, RemoteKernelError, SessionNotFoundError, TransportError
+from ..errors import (
+    NotFoundError,
+    ProtocolError,
+    RemoteKernelError,
+    SessionNotFoundError,
+    TransportError,
+)
 from .magics import MagicError
 from .progress import Progress
 from .sync import (
@@ -233,6 +240,9 @@ async def download(
                 sink = None
         except NotFoundError as exc:
             raise await _not_found(client, sid, exc) from None
+        except tarfile.TarError as exc:
+            name = batch[max(current, 0)][0]
+            raise ProtocolError(f"The server sent a damaged archive of {name!r}: {exc}") from None
         finally:
             if sink is not None:
                 await sink.abort()
