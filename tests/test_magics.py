@@ -8,6 +8,8 @@ import asyncio
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -478,3 +480,15 @@ async def test_a_damaged_archive_is_a_protocol_error(tmp_path: Path) -> None:
         progress = Progress(None, "", None)
         await transfer.download(client, "sid", [("x.bin", tmp_path)], progress)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["remote_kernel.proxy.magics", "remote_kernel.proxy.sync", "remote_kernel.proxy.progress"],
+)
+def test_the_pure_parts_import_no_io_library(module: str) -> None:
+    heavy = ("aiohttp", "zmq", "ipykernel", "jupyter_client", "tornado")
+    code = (f"import sys, {module}\n"
+            f"print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
