@@ -174,8 +174,11 @@ class _FileChunks:
             fh.close()
 
     async def aclose(self) -> None:
-        if self._gen is not None:
-            await self._gen.aclose()
+        """Close the file if the request stopped between two pieces. A piece still being read
+        belongs to aiohttp's writer task, which is being cancelled: that closes it."""
+        gen = self._gen
+        if gen is not None and not getattr(gen, "ag_running", False):
+            await gen.aclose()
 
 
 async def upload(
