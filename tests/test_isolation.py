@@ -168,6 +168,10 @@ async def test_no_root_power_over_the_host(
 ) -> None:
     if os.geteuid() != 0:
         pytest.fail("this test checks what a root server does: run the suite as root (CI does)")
+    out = await attack(a, ids["a"], "import getpass, pathlib\nprint(getpass.getuser(), "
+                       "pathlib.Path.home(), __import__('pwd').getpwuid(__import__('os').getuid())"
+                       ".pw_name)")  # fmt: skip
+    assert out == "work /home/work work\n"  # the session's user has a name inside
     out = await attack(a, ids["a"], "import os\nprint(os.getuid(), os.geteuid(), os.getgroups())")
     uid, euid, groups = out.split(maxsplit=2)
     assert int(uid) == int(euid) != 0 and groups.strip() == "[]"

@@ -30,6 +30,7 @@ from .sandbox import (
     sandbox_command,
     sandbox_env,
     system_paths,
+    write_user_files,
 )
 
 log = logging.getLogger("remote_kernel.server")
@@ -159,6 +160,11 @@ class Isolation:
             owned = [work_dir, ipython_dir, *map(Path, folders), *([ipc_dir] if ipc_dir else [])]
             for path in owned:
                 os.chown(path, uid, uid)
+        users_files = None
+        if uid is not None and self.bwrap:
+            etc = work_dir.parent / "etc"
+            etc.mkdir(exist_ok=True)
+            users_files = write_user_files(etc, uid, uid)
         plan = SandboxPlan(
             bwrap=self.bwrap or "",
             work_dir=str(work_dir),
@@ -167,6 +173,8 @@ class Isolation:
             ),
             rw_paths=tuple(folders),
             ipython_dir=str(ipython_dir),
+            passwd=users_files[0] if users_files else None,
+            group=users_files[1] if users_files else None,
             uid=uid,
             gid=uid,
             network=self.network,

@@ -67,6 +67,9 @@ class SandboxPlan:
     ro_paths: tuple[str, ...] = ()
     rw_paths: tuple[str, ...] = ()
     ipython_dir: str | None = None  # the host directory shown at IPYTHONDIR
+    #: host files shown as /etc/passwd and /etc/group (they name the session's user "work")
+    passwd: str | None = None
+    group: str | None = None
     uid: int | None = None  # run as this host user (server as root); None: the server's user
     gid: int | None = None
     network: bool = True
@@ -124,6 +127,9 @@ def sandbox_command(
         args += ["--perms", "0755", "--dir", parent]
     for path in plan.ro_paths:
         args += _show(path, writable=False)
+    for user_file, shown_as in ((plan.passwd, "/etc/passwd"), (plan.group, "/etc/group")):
+        if user_file:
+            args += ["--ro-bind", user_file, shown_as]
     args += ["--bind", plan.work_dir, HOME, "--chdir", HOME]
     if plan.ipython_dir:
         args += ["--bind", plan.ipython_dir, IPYTHONDIR]
@@ -199,6 +205,26 @@ def sandbox_env(environ: Mapping[str, str], *, path_dirs: Iterable[str]) -> dict
     )
     env.update(environ)
     return env
+
+
+def write_user_files(directory: Path, uid: int, gid: int) -> tuple[str, str]:
+    """The host's /etc/passwd and /etc/group with the session's user added as ``work`` (home
+    /home/work), so that shells and ``getpass``/``pwd`` know who they are. Returns the paths."""
+    files = []
+    for name, line in (
+        ("passwd", f"{USER}:x:{uid}:{gid}:{USER}:{HOME}:/bin/bash\n"),
+        ("group", f"{USER}:x:{gid}:\n"),
+    ):
+        try:
+            text = Path(f"/etc/{name}").read_text(errors="replace")
+        except OSError:
+            text = ""
+        if text and not text.endswith("\n"):
+            text += "\n"
+        path = directory / name
+        path.write_text(text + line)
+        files.append(str(path))
+    return files[0], files[1]
 
 
 def python_paths(executable: str) -> list[str]:
