@@ -386,3 +386,13 @@ async def test_version_probe_reports_the_isolation(a: RawAPI) -> None:
     info = body["remote_kernel"]
     assert (info["sandbox"], info["network"]) == ("bubblewrap", True)
     assert info["limits"] in ("cgroup-v1", "cgroup-v2")  # CI's machine lets root make cgroups
+
+
+async def test_default_limits_half_the_memory_and_1024_processes(
+    a: RawAPI, ids: dict[str, str]
+) -> None:
+    status, info = await a.call("GET", f"/session/{ids['a']}")
+    assert status == 200
+    half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    assert info["occupiedSlots"] == {"mem": str(half), "pids": 1024}
+    assert info["requestedSlots"] == {}

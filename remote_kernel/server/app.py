@@ -229,7 +229,8 @@ class ServerApp(Application):
     default_resources = Dict(
         {"pids": 1024},
         help="Resource slots a session gets when its create request names none, as "
-        """Backend.AI slots: {"cpu": 1, "mem": "2g", "pids": 1024}. Enforced with cgroups """
+        """Backend.AI slots: {"cpu": 1, "mem": "2g", "pids": 1024}; without "mem", half of """
+        """the machine's memory. Enforced with cgroups """
         "(v1 or v2) where the server may create them, else rlimits (memory as address "
         f"space; no CPU limit). Environment: {_env('default_resources')} (JSON).",
     ).tag(config=True)
@@ -292,7 +293,7 @@ class ServerApp(Application):
                     self.sandbox,
                     state_dir=Path(self.state_dir),
                     network=self.sandbox_network,
-                    default=Resources.parse(self.default_resources),
+                    default=_with_memory_default(Resources.parse(self.default_resources)),
                     maximum=Resources.parse(self.max_resources),
                     uid_base=self.sandbox_uid_base,
                     extra_ro=self.sandbox_ro_paths,
@@ -372,6 +373,18 @@ class ServerApp(Application):
         await stop.wait()
         self.log.info("shutting down: stopping every session")
         await runner.cleanup()
+
+
+def _with_memory_default(resources: Resources) -> Resources:
+    """No memory limit named: half of this machine's memory, so that no one session can take
+    the server (and every other session) down with it."""
+    if resources.mem is not None:
+        return resources
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return resources
+    return Resources(cpu=resources.cpu, mem=total // 2, pids=resources.pids)
 
 
 def _return_freed_memory() -> None:
