@@ -81,7 +81,7 @@ def client_os_errors(rel: str) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.errno == errno.ENOENT:
-            raise NotFoundError(f"No such file or directory in the session: {rel!r}.") from None
+            raise NotFoundError(f"No such file or directory in the work directory: {rel!r}.") from None
         if exc.errno in _CLIENT_ERRNOS:
             raise InvalidAPIParamsError(f"Cannot use the path {rel!r}: {exc.strerror}.") from None
         raise
@@ -110,7 +110,7 @@ def confine(
     if not any(target == r or r in target.parents for r in allowed):
         raise InvalidAPIParamsError(f"The path {rel!r} leaves the session's work directory.")
     if must_exist and not os.path.lexists(target):
-        raise NotFoundError(f"No such file or directory in the session: {rel!r}.")
+        raise NotFoundError(f"No such file or directory in the work directory: {rel!r}.")
     return target
 
 
