@@ -31,6 +31,8 @@ messages where the server offers it.
 
 * start to first result: POST /api/kernels, open the WebSocket, kernel_info, execute ``1+1``,
   until its execute_result arrives (s);
+* restart to first result: POST ``/api/kernels/{id}/restart``, then on the same WebSocket
+  kernel_info and ``1+1`` until its execute_result (s);
 * trivial cell: median and p90 of ``1+1``, request sent -> execute_reply and idle received (ms),
   after 3 warm-ups;
 * 100,000 lines: ``for i in range(100000): print(i)`` until reply + idle, every line checked (s);
@@ -635,6 +637,24 @@ async def start_kernel(
     return times
 
 
+async def restart_to_result(
+    http: aiohttp.ClientSession, system: System, state: dict[str, Any], args: argparse.Namespace
+) -> float:
+    """Restart as JupyterLab does (POST .../restart, the same WebSocket), then ``1+1`` until
+    its result: seconds since the POST."""
+    kernel: KernelSocket = state["kernel"]
+    t0 = time.perf_counter()
+    async with http.post(f"{system.base_url}/api/kernels/{state['kernel_id']}/restart") as resp:
+        body = await resp.text()
+        if resp.status >= 300:
+            raise RuntimeError(f"POST restart: HTTP {resp.status}: {body[:300]}")
+    await kernel.kernel_info(args.start_timeout)
+    first = await kernel.execute("1+1", args.start_timeout)
+    if first.result_at is None:
+        raise RuntimeError("1+1 after the restart gave no execute_result")
+    return first.result_at - t0
+
+
 async def measure(system: System, args: argparse.Namespace, progress: list[str]) -> dict[str, Any]:
     """One system at one rtt; ``progress[-1]`` names the step under way (for error messages)."""
     state: dict[str, Any] = {}
@@ -672,6 +692,9 @@ async def measure(system: System, args: argparse.Namespace, progress: list[str])
             out["lag_median"] = statistics.median(streamed.lags)
             out["lag_p90"] = percentile(streamed.lags, 0.9)
             out["lag_n"] = len(streamed.lags)
+
+            progress.append("restart")
+            out["restart"] = await restart_to_result(http, system, state, args)
             out["stray_messages"] = kernel.stray
             return out
         finally:
@@ -732,6 +755,7 @@ async def measure_all(
 
 ROWS = [
     ("start to first result (s)", "start", "{:.2f}"),
+    ("restart to first result (s)", "restart", "{:.2f}"),
     ("trivial cell median (ms)", "trivial", "{:.2f}"),
     ("trivial cell p90 (ms)", "trivial_p90", "{:.2f}"),
     ("{lines} lines (s)", "bulk", "{:.2f}"),

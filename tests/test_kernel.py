@@ -438,7 +438,8 @@ def test_first_kernel_info_is_the_remote_kernels(kernel_name: str) -> None:
     import platform
 
     km = KernelManager(kernel_name=kernel_name)
-    km.start_kernel()
+    # the suite's servers have no warm pool: a kernel start may take longer than the default wait
+    km.start_kernel(extra_arguments=["--RemoteKernel.kernel_info_wait=60"])
     kc = km.client()
     kc.start_channels()
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -47,6 +48,20 @@ NEW_SESSION_NOTE = (
     "[remote_kernel] Started a new remote session: the previous one was lost, and with it all "
     "earlier state (variables, imports). Re-run earlier cells if this one needs them.\n"
 )
+#: A session start that takes longer than this (s) is announced in the cell that waits for it.
+STARTING_NOTE_AFTER = 1.0
+
+
+def starting_note(remote: RemoteSession) -> str:
+    """Where the session is starting, with which image and resources."""
+    spec = remote.spec
+    resources = ", ".join(f"{k}={v}" for k, v in spec.resources.items()) or "the server's defaults"
+    return (
+        f"[remote_kernel] Starting a remote session on {remote.client.endpoint} "
+        f"(image {spec.image or 'the default'}, resources {resources})...\n"
+    )
+
+
 UNSHOWN_NOTE = (
     "[remote_kernel] The remote sent {count} output(s) that Jupyter cannot show "
     "(record type(s): {types}); see the kernel log.\n"
@@ -194,11 +209,20 @@ class CellRun:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _session_ready(self) -> str:
-        """Wait for the background session creation, interruptibly."""
-        task = self.host.remote.start()
+        """Wait for the background session creation, interruptibly; a start that takes longer
+        than ``STARTING_NOTE_AFTER`` says where it starts and then how long it took."""
+        remote = self.host.remote
+        task = remote.start()
         waiter = asyncio.ensure_future(self.interrupted.wait())
+        noted = False
         try:
-            timeout = self.host.remote.spec.startup_timeout + 30
+            timeout = remote.spec.startup_timeout + 30
+            if not task.done():
+                wait = max(0.0, remote.started_at + STARTING_NOTE_AFTER - time.monotonic())
+                await asyncio.wait({task, waiter}, timeout=wait, return_when="FIRST_COMPLETED")
+                if not task.done() and not self.interrupted.is_set():
+                    self.publish("stream", {"name": "stderr", "text": starting_note(remote)})
+                    noted = True
             await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
@@ -206,7 +230,12 @@ class CellRun:
             raise _Interrupted
         if not task.done():
             raise asyncio.TimeoutError
-        return task.result()
+        session_id = task.result()
+        if noted:
+            took = time.monotonic() - remote.started_at
+            ready = f"[remote_kernel] ready in {took:.1f} s\n"
+            self.publish("stream", {"name": "stderr", "text": ready})
+        return session_id
 
     async def _drive(self, state: RunState, jupyter: bool) -> RunResult:
         assert self.transport is not None

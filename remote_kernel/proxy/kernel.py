@@ -126,9 +126,11 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         "place, ending at 100 %).",
     ).tag(config=True)
     kernel_info_wait = Float(
-        10.0,
-        help="Seconds a kernel_info request may wait for the remote session, so that the "
-        "frontend learns the remote language version and banner.",
+        1.0,
+        help="Seconds after the kernel started during which a kernel_info request waits for "
+        "the remote session, so that the frontend learns the remote language version and "
+        "banner (a server's warm pool answers well within it). A slower start answers with "
+        "what the kernel knows and the first cell shows the start's progress instead.",
     ).tag(config=True)
 
     @default("endpoint")

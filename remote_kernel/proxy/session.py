@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,7 @@ class RemoteSession:
         #: Awaited with each new session's id before it counts as started (a failure of its
         #: own is its business: it should leave a note instead of raising).
         self.after_create: Callable[[str], Awaitable[None]] | None = None
+        self.started_at = time.monotonic()  # when the current creation began
         self.notes: list[str] = []  # stderr notes for the next cell (e.g. a failed start sync)
 
     @property
@@ -70,6 +72,7 @@ class RemoteSession:
         """The creation task (started now unless one is running or succeeded)."""
         task = self._task
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            self.started_at = time.monotonic()
             task = self._task = asyncio.ensure_future(self._create())
         return task
 

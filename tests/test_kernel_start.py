@@ -1,0 +1,91 @@
+"""Start-up as a user sees it: a slow session start is announced in the first cell, a quick one
+(the server's warm pool) is not; a restart gets a fresh session from the pool.
+
+The real proxy kernel through jupyter_client against real servers: one whose kernels take
+about two seconds to start (a kernelspec that sleeps first), one with its default warm pool.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import ServerProcess, start_server
+from .kernel_helpers import execute, install_kernelspec, running_kernel
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    base = tmp_path_factory.mktemp("slow-start")
+    spec = base / "share" / "kernels" / "slowpy"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": ["/bin/sh", "-c", f"sleep 2; exec {sys.executable} -m ipykernel_launcher -f \"$0\"",
+                 "{connection_file}"],
+        "display_name": "Python (slow to start)", "language": "python",
+    }))  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", str(base / "share"))
+        srv = start_server(base)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def pooled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("REMOTE_KERNEL_POOL_SIZE")  # the server's default: a warm pool
+        srv = start_server(tmp_path_factory.mktemp("pooled"))
+    yield srv
+    srv.stop()
+
+
+def stderr_text(outputs: list[dict]) -> str:
+    return "".join(
+        m["content"]["text"] for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"
+    )  # fmt: skip
+
+
+def test_a_slow_start_is_announced_then_timed(slow_server: ServerProcess, tmp_path: Path) -> None:
+    install_kernelspec("rk-slow", slow_server.env, prefix=tmp_path,
+                       extra_argv=["--RemoteKernel.image=slowpy",
+                                   '--RemoteKernel.resources={"pids": 256}'])  # fmt: skip
+    with running_kernel("rk-slow") as (_, kc):
+        reply, outputs = execute(kc, "print(6 * 7)")
+        assert reply["status"] == "ok"
+        notes = stderr_text(outputs)
+        assert notes.startswith(
+            f"[remote_kernel] Starting a remote session on {slow_server.endpoint} "
+            "(image slowpy, resources pids=256)...\n"
+        ), notes
+        took = re.fullmatch(r".*\n\[remote_kernel\] ready in (\d+\.\d) s\n", notes, re.S)
+        assert took and 1.0 <= float(took.group(1)) < 30, notes
+        assert [m["content"]["text"] for m in outputs if m["msg_type"] == "stream"
+                and m["content"]["name"] == "stdout"] == ["42\n"]  # fmt: skip
+        reply, outputs = execute(kc, "print('again')")  # only the first cell waits
+        assert stderr_text(outputs) == ""
+
+
+def test_a_pooled_start_is_quiet_and_a_restart_is_fresh(
+    pooled_server: ServerProcess, tmp_path: Path
+) -> None:
+    install_kernelspec("rk-pooled", pooled_server.env, prefix=tmp_path)
+    with running_kernel("rk-pooled") as (km, kc):
+        t0 = time.monotonic()
+        reply, outputs = execute(kc, "x = 1\nprint('first')")
+        assert reply["status"] == "ok" and stderr_text(outputs) == ""
+        assert time.monotonic() - t0 < 1.0
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        reply, outputs = execute(kc, "print('x' in dir())")
+        assert reply["status"] == "ok" and stderr_text(outputs) == ""
+        assert [m["content"]["text"] for m in outputs if m["msg_type"] == "stream"] == ["False\n"]
