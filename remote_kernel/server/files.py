@@ -81,7 +81,8 @@ def client_os_errors(rel: str) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.errno == errno.ENOENT:
-            raise NotFoundError(f"No such file or directory in the work directory: {rel!r}.") from None
+            missing = f"No such file or directory in the work directory: {rel!r}."
+            raise NotFoundError(missing) from None
         if exc.errno in _CLIENT_ERRNOS:
             raise InvalidAPIParamsError(f"Cannot use the path {rel!r}: {exc.strerror}.") from None
         raise
