@@ -648,7 +648,14 @@ async def restart_to_result(
         body = await resp.text()
         if resp.status >= 300:
             raise RuntimeError(f"POST restart: HTTP {resp.status}: {body[:300]}")
-    await kernel.kernel_info(args.start_timeout)
+    deadline = time.perf_counter() + args.start_timeout
+    while True:  # as JupyterLab does: ask again until the new kernel answers
+        try:
+            await kernel.kernel_info(0.5)
+            break
+        except TimeoutError:
+            if time.perf_counter() > deadline:
+                raise
     first = await kernel.execute("1+1", args.start_timeout)
     if first.result_at is None:
         raise RuntimeError("1+1 after the restart gave no execute_result")
