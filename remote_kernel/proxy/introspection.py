@@ -15,7 +15,7 @@ from typing import Any
 
 from ..client import RunLoopClient
 from ..errors import RemoteKernelError
-from . import magics, replies, transfer
+from . import magics, replies
 from .history import CellHistory
 from .session import RemoteSession
 
@@ -73,7 +73,7 @@ class IntrospectionMixin:
         try:
             path = magics.remote_path(folder, allow_top=True)
             listing = await asyncio.wait_for(
-                transfer.list_folder(self._main_client(), sid, path), SESSION_WAIT
+                _transfer().list_folder(self._main_client(), sid, path), SESSION_WAIT
             )
         except (RemoteKernelError, asyncio.TimeoutError, magics.MagicError) as exc:
             log.info("no completion of remote paths: %s", exc)
@@ -123,3 +123,10 @@ class IntrospectionMixin:
             session=session, start=start, stop=stop, n=n, pattern=pattern, unique=unique,
         )  # fmt: skip
         return {"status": "ok", "history": history}
+
+
+def _transfer() -> Any:
+    """The file-transfer module, loaded when a completion first needs a remote listing."""
+    from . import transfer
+
+    return transfer

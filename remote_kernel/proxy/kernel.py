@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipykernel.kernelbase import Kernel
 from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, Unicode, default
@@ -40,13 +40,15 @@ from ..credentials import (
     resolve_credentials,
 )
 from ..errors import ConfigurationError
-from . import commands, magics, replies, stdin
+from . import magics, replies, stdin
 from .cell import CellRun
 from .history import CellHistory
 from .introspection import IntrospectionMixin
-from .magic_cell import MagicCell
 from .session import RemoteSession, SessionSpec
 from .sync import SyncLedger
+
+if TYPE_CHECKING:
+    from .magic_cell import MagicCell
 
 __all__ = ["RemoteKernel"]
 
@@ -294,6 +296,8 @@ class RemoteKernel(IntrospectionMixin, Kernel):
             self.history.add(self.remote.generation or 1, count, code)
 
     async def _sync_at_start(self, session_id: str) -> None:
+        from . import commands  # the file-transfer machinery: loaded when first needed
+
         await commands.sync_at_start(self, session_id)
 
     # -- execute -----------------------------------------------------------------------------------
@@ -320,6 +324,8 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         }
         cell: CellRun | MagicCell
         if magics.has_magic(code):  # %remote lines: the proxy runs them, in order with the code
+            from .magic_cell import MagicCell  # loaded when first needed (start-up time)
+
             cell = MagicCell(self, code, silent, store_history and not silent, allow_stdin, options)
         else:
             cell = CellRun(self, code, silent, store_history and not silent, allow_stdin, options)
