@@ -54,6 +54,8 @@ class SessionRef:
     name: str
     created: bool
     status: str = ""
+    #: the remote kernel_info_reply, when the create answer carries it (extension kernel-info)
+    kernel_info: dict[str, Any] | None = None
 
 
 def _api_version_key(version: str) -> tuple[int, str]:
@@ -157,6 +159,7 @@ class RunLoopClient(SignedHTTP):
             name=str(result.get("sessionName") or name),
             created=bool(result.get("created", True)),
             status=str(result.get("status") or ""),
+            kernel_info=info if isinstance(info := result.get("kernelInfo"), dict) else None,
         )
 
     async def session_info(

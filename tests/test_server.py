@@ -127,8 +127,14 @@ async def test_invalid_name_is_400(api: RawAPI) -> None:
 
 
 async def test_info_has_kernel_info_and_destroy_then_404(api: RawAPI) -> None:
-    sid = await api.create(f"t-info-{uuid.uuid4().hex[:6]}")
+    status, made = await api.call(
+        "POST", "/session", {"image": "python", "name": f"t-info-{uuid.uuid4().hex[:6]}"}
+    )
+    assert status == 201
+    sid = made["sessionId"]
+    assert made["kernelInfo"]["language_info"]["name"] == "python"  # saves a round trip
     status, info = await api.call("GET", f"/session/{sid}")
+    assert info["kernelInfo"] == made["kernelInfo"]
     assert status == 200
     assert info["status"] == "RUNNING" and info["sessionId"] == sid
     assert info["kernelInfo"]["language_info"]["name"] == "python"
@@ -459,7 +465,9 @@ async def test_extensions_off_behaves_like_a_manager(base_server: ServerProcess)
     async with RawAPI(base_server.endpoint, base_server.access_key, base_server.secret_key) as api:
         status, hello = await api.call("GET", "/", sign=False)
         assert "remote_kernel" not in hello
-        sid = await api.create("t-base-1")
+        status, made = await api.call("POST", "/session", {"image": "python", "name": "t-base-1"})
+        assert status == 201 and "kernelInfo" not in made
+        sid = made["sessionId"]
         try:
             status, info = await api.call("GET", f"/session/{sid}")
             assert "kernelInfo" not in info

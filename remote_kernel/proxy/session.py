@@ -94,7 +94,9 @@ class RemoteSession:
         if self.shutting_down:
             await self.destroy(client)
             raise RemoteKernelError("the kernel is shutting down")
-        if client.has(p.FEATURE_KERNEL_INFO):
+        if ref.kernel_info is not None:  # the create answer carried it
+            self.kernel_info = ref.kernel_info
+        elif client.has(p.FEATURE_KERNEL_INFO):
             try:
                 info = await client.session_info(ref.id)
                 remote = info.get("kernelInfo")

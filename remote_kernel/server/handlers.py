@@ -83,16 +83,16 @@ async def create_session(request: web.Request) -> web.Response:
         config=config,
         reuse=bool(body.get("reuseIfExists", True)),
     )
-    return json_response(
-        {
-            "sessionId": session.id,
-            "sessionName": session.name,
-            "status": "RUNNING",
-            "servicePorts": [],
-            "created": created,
-        },
-        status=201,
-    )
+    answer: dict[str, Any] = {
+        "sessionId": session.id,
+        "sessionName": session.name,
+        "status": "RUNNING",
+        "servicePorts": [],
+        "created": created,
+    }
+    if request.app[settings_key].offers(p.FEATURE_KERNEL_INFO):
+        answer["kernelInfo"] = session.runner.kernel_info  # saves the client a round trip
+    return json_response(answer, status=201)
 
 
 def check_environ(environ: Any) -> None:

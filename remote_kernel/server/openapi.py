@@ -187,6 +187,10 @@ def _schemas(settings: ServerSettings) -> dict[str, Schema]:
                 "status": {"const": "RUNNING"},
                 "servicePorts": {"type": "array"},
                 "created": BOOL,
+                "kernelInfo": {
+                    "type": "object",
+                    "description": "Extension kernel-info: the remote kernel_info_reply.",
+                },
             },
             ("sessionId", "sessionName", "status", "servicePorts", "created"),
         ),
