@@ -396,3 +396,25 @@ async def test_default_limits_half_the_memory_and_1024_processes(
     half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     assert info["occupiedSlots"] == {"mem": str(half), "pids": 1024}
     assert info["requestedSlots"] == {}
+
+
+async def test_a_killed_server_leaves_no_sandboxed_kernel(tmp_path: Path) -> None:
+    import signal
+
+    from .test_server_lifecycle import _descendants
+
+    srv = start_server(tmp_path, "--ServerApp.sandbox=bubblewrap")
+    try:
+        async with RawAPI(srv.endpoint, srv.access_key, srv.secret_key) as api:
+            sid = await api.create("doomed")
+            assert await attack(api, sid, "print('up')") == "up\n"
+        below = _descendants(srv.proc.pid)
+        assert any(comm.startswith("python") for comm in below.values()), below
+        srv.proc.send_signal(signal.SIGKILL)
+        srv.proc.wait(10)
+        deadline = asyncio.get_running_loop().time() + 10
+        while [p for p in below if Path(f"/proc/{p}").exists()]:
+            assert asyncio.get_running_loop().time() < deadline, "kernels outlived the server"
+            await asyncio.sleep(0.1)
+    finally:
+        srv.stop()

@@ -84,6 +84,7 @@ async def test_a_pooled_kernel_is_the_sessions_own(manager: SessionManager, tmp_
     assert out == "the request /home/work\n"
     assert (tmp_path / "sessions" / session.id / "work" / "mine.txt").read_text() == "x"
     assert session.runner.environ == {"RK_FROM": "the request"}
+    assert session.runner.km.transport == "ipc"  # sandboxed: Unix sockets, no TCP port race
     assert session.runner.isolation.resources == Resources(mem=300 * MIB, pids=512)
     cgroup = session.runner.isolation.cgroup
     assert cgroup is not None

@@ -232,3 +232,18 @@ def test_provisioner_is_registered_by_name() -> None:
     factory = KernelProvisionerFactory.instance()
     assert "remote-kernel-sandbox" in factory.provisioners
     assert factory.provisioners["remote-kernel-sandbox"].load() is SandboxProvisioner
+
+
+def test_sweep_removes_only_old_empty_session_cgroups(tmp_path: Path) -> None:
+    import os
+    import time
+
+    base = tmp_path / "memory" / "remote-kernel"
+    old, fresh = base / "old-session", base / "fresh-session"
+    old.mkdir(parents=True)
+    fresh.mkdir()
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    tree = CgroupTree(1, {"memory": base})
+    assert tree.sweep() == 1
+    assert not old.exists() and fresh.exists()

@@ -84,6 +84,8 @@ class Isolation:
         if bwrap is None and not network:
             raise ValueError("sandbox_network = False needs sandbox = bubblewrap.")
         cgroups = CgroupTree.detect() if use_cgroups else None
+        if cgroups is not None and (swept := cgroups.sweep()):
+            log.info("removed %d session cgroups left behind by earlier servers", swept)
         users = None
         if bwrap is not None and os.geteuid() == 0:
             users = SandboxUsers(Path(state_dir) / "sandbox-users.json", uid_base)
@@ -151,7 +153,10 @@ class Isolation:
             if resources.pids is not None and uid is not None:
                 rlimits["nproc"] = resources.pids  # per user: only meaningful with our own
         ipc_dir = None
-        if not self.network:
+        if self.bwrap:
+            # A sandboxed kernel talks to the server over Unix sockets in a directory of its
+            # own: no TCP ports to pick (jupyter_client's free-port choice races under load)
+            # and none for other sessions to reach; required when it has no network.
             ipc_dir = Path(tempfile.mkdtemp(prefix="rk-"))
         folders = [str(path) for path in (mounts or {}).values()]
         ipython_dir = work_dir.parent / "ipython"  # the session's own history, beside its files

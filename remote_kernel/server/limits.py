@@ -29,6 +29,8 @@ log = logging.getLogger("remote_kernel.server")
 KNOWN_SLOTS = ("cpu", "mem")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+#: Seconds after which an empty session cgroup with no server session is someone's leftover.
+STALE_AFTER = 60.0
 #: The cgroup v1 CFS period (µs) used for CPU quotas.
 CFS_PERIOD_US = 100_000
 
@@ -306,6 +308,23 @@ class CgroupTree:
         base.mkdir(exist_ok=True)
         (base / "cgroup.subtree_control").write_text(enable)
         return cls(2, {c: base for c in wanted})
+
+    def sweep(self, older_than: float = STALE_AFTER) -> int:
+        """Remove the empty session cgroups that servers killed before they could clean up
+        left behind (a cgroup with processes cannot be removed; a fresh one is spared, it may
+        be a session starting in another server). Returns how many went."""
+        removed = 0
+        now = time.time()
+        for base in dict.fromkeys(self.bases.values()):
+            with contextlib.suppress(OSError):
+                for child in base.iterdir():
+                    if not child.is_dir():
+                        continue
+                    with contextlib.suppress(OSError):
+                        if now - child.stat().st_mtime > older_than:
+                            child.rmdir()
+                            removed += 1
+        return removed
 
     def create(self, session_id: str, resources: Resources) -> SessionCgroup:
         """The session's cgroups with its limits written (swap counted in the memory limit)."""

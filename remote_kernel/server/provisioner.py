@@ -70,7 +70,11 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
             return await super().launch_kernel(sandbox_command(plan, cmd), **kwargs)
         read_end, write_end = os.pipe()
         try:
-            wrapped = sandbox_command(plan, cmd, info_fd=write_end, new_session=True)
+            # die_with_parent: a server that is killed must not leave its kernels behind (in a
+            # pid namespace ipykernel cannot watch its parent, JPY_PARENT_PID means nothing)
+            wrapped = sandbox_command(
+                plan, cmd, info_fd=write_end, new_session=True, die_with_parent=True
+            )
             kwargs["pass_fds"] = (*kwargs.get("pass_fds", ()), write_end)
             info = await super().launch_kernel(wrapped, **kwargs)
         except BaseException:

@@ -81,8 +81,31 @@ class SessionRunner:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._isolate_kernel()
         out = self.kernel_log.open()  # closed in shutdown()
-        await self.km.start_kernel(cwd=str(self.work_dir), env=self.env(), stdout=out, stderr=out)
-        await self._connect()
+        for attempt in (1, 2):
+            await self.km.start_kernel(
+                cwd=str(self.work_dir), env=self.env(), stdout=out, stderr=out
+            )
+            try:
+                await self._connect()
+                return
+            except InternalServerError as exc:
+                # jupyter_client picks free ports before the kernel binds them; under load
+                # another process can take one in between. Once, start over on new ports.
+                if attempt == 2 or "Address already in use" not in str(exc):
+                    raise
+                log.warning("kernel %r lost a port race; starting it again", self.kernel_name)
+                await self._discard_kernel()
+
+    async def _discard_kernel(self) -> None:
+        """Stop a kernel that failed to start and forget its ports and connection file."""
+        if self.kc is not None:
+            self.kc.stop_channels()
+            self.kc = None
+        with contextlib.suppress(Exception):  # restart=True: the ZMQ context stays usable
+            await self.km.shutdown_kernel(now=True, restart=True)
+        self.km.cleanup_connection_file()
+        for name in ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port"):
+            setattr(self.km, name, 0)  # the next start picks new ones
 
     def _isolate_kernel(self) -> None:
         """Start the kernel through the sandbox provisioner (and over IPC sockets when the

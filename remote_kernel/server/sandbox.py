@@ -106,8 +106,8 @@ def sandbox_command(
     ``info_fd``: bwrap writes ``{"child-pid": N}`` there, the host pid of the sandbox's init;
     with ``new_session`` that pid leads the process group of everything inside, which is what
     an interrupt must signal (the outer ``bwrap`` would die of a SIGINT and orphan the rest).
-    ``die_with_parent``: the sandbox ends when the process that started it does (batch steps
-    and terminals; a kernel is stopped through jupyter_client instead).
+    ``die_with_parent``: the sandbox ends when the process that started it (the server) does,
+    also when it is killed.
     """
     if not plan.bwrap:  # no sandbox: only the limits
         return _with_limits(plan, list(cmd))
