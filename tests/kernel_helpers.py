@@ -51,9 +51,13 @@ def install_kernelspec(
 
 
 @contextmanager
-def running_kernel(name: str) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    """Start the kernel ``name``; always shut it down (then kill) at the end."""
-    km, kc = start_new_kernel(kernel_name=name, startup_timeout=TIMEOUT)
+def running_kernel(
+    name: str, cwd: Path | None = None
+) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
+    """Start the kernel ``name`` (in ``cwd``: the notebook's folder); always shut it down
+    (then kill) at the end."""
+    extra = {"cwd": str(cwd)} if cwd is not None else {}
+    km, kc = start_new_kernel(kernel_name=name, startup_timeout=TIMEOUT, **extra)
     try:
         yield km, kc
     finally:

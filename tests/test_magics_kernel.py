@@ -16,7 +16,6 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 import nbformat
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.manager import KernelManager, start_new_kernel
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -32,7 +30,7 @@ from remote_kernel.proxy import magics
 from remote_kernel.proxy.progress import format_size
 
 from .conftest import ServerProcess
-from .kernel_helpers import TIMEOUT, execute, install_kernelspec
+from .kernel_helpers import execute, install_kernelspec, running_kernel
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,19 +39,9 @@ PNG = os.urandom(2000)  # 2.0 KiB
 HELLO = "hello\n"  # 6 B
 
 
-@contextmanager
-def kernel_in(name: str, cwd: Path) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
+def kernel_in(name: str, cwd: Path) -> Any:
     """Start the kernel ``name`` with ``cwd`` as its notebook folder; always shut it down."""
-    km, kc = start_new_kernel(kernel_name=name, cwd=str(cwd), startup_timeout=TIMEOUT)
-    try:
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        try:
-            km.shutdown_kernel(now=False)
-        finally:
-            if km.is_alive():
-                km.shutdown_kernel(now=True)
+    return running_kernel(name, cwd)
 
 
 def is_progress(msg: dict[str, Any]) -> bool:
