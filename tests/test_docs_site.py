@@ -1,0 +1,91 @@
+"""The documentation site: every setting is in the generated references, every page is reachable.
+
+``.ci/run`` builds the site with ``sphinx-build -W``; these tests are the cheap checks that hold
+without Sphinx: the generator (``docs/gen_settings.py``) against the traits, the committed
+references against the generator, and the toctree against the pages in ``docs/``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+@pytest.fixture(scope="module")
+def gen() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_settings", DOCS / "gen_settings.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(markdown: str) -> dict[str, str]:
+    """setting name → its table row."""
+    return {m.group(1): m.group(0) for m in re.finditer(r"^\| `(\w+)` \|.*$", markdown, re.M)}
+
+
+def test_every_server_setting_is_in_the_reference(gen: ModuleType) -> None:
+    from remote_kernel.server.app import ServerApp
+
+    names = set(ServerApp.class_own_traits(config=True))
+    rows = _rows(gen.render())
+    assert len(names) >= 20
+    assert names == set(rows), "settings missing from or extra in server-settings.md"
+    for name in names:
+        trait = ServerApp.class_traits()[name]
+        first_words = " ".join(trait.help.split()[:4])
+        assert first_words in rows[name], f"{name}: its help text is not in the reference"
+
+
+def test_every_kernel_setting_is_in_the_reference(gen: ModuleType) -> None:
+    from ipykernel.kernelbase import Kernel
+
+    from remote_kernel.proxy.kernel import RemoteKernel
+
+    names = set(RemoteKernel.class_traits(config=True)) - set(Kernel.class_traits(config=True))
+    rows = _rows(gen.render_kernel())
+    assert {"endpoint", "access_key", "secret_key", "image", "resources"} <= names
+    assert names == set(rows), "settings missing from or extra in kernel-settings.md"
+    for name in names:
+        trait = RemoteKernel.class_traits()[name]
+        first_words = " ".join(trait.help.split()[:4])
+        assert first_words in rows[name], f"{name}: its help text is not in the reference"
+
+
+def test_the_committed_references_are_current(gen: ModuleType) -> None:
+    assert (DOCS / "server-settings.md").read_text() == gen.render(), (
+        "docs/server-settings.md is stale: run `python docs/gen_settings.py`"
+    )
+    assert (DOCS / "kernel-settings.md").read_text() == gen.render_kernel(), (
+        "docs/kernel-settings.md is stale: run `python docs/gen_settings.py`"
+    )
+
+
+def test_every_page_is_in_the_toctree() -> None:
+    index = (DOCS / "index.md").read_text()
+    toctree = re.search(r"```\{toctree\}\n(.*?)```", index, re.S)
+    assert toctree, "docs/index.md has no toctree"
+    entries = {
+        line.strip() for line in toctree.group(1).splitlines()
+        if line.strip() and not line.startswith(":")
+    }  # fmt: skip
+    pages = {p.stem for p in DOCS.glob("*.md")} - {"index"}
+    assert pages <= entries, f"pages missing from the toctree: {sorted(pages - entries)}"
+    assert entries <= pages, f"toctree entries without a page: {sorted(entries - pages)}"
+
+
+def test_the_build_is_offline_and_strict() -> None:
+    conf = (DOCS / "conf.py").read_text()
+    extensions = re.search(r"^extensions = \[(.*?)\]", conf, re.M | re.S)
+    assert extensions and extensions.group(1).strip() == '"myst_parser"'  # nothing that fetches
+    assert "gen_settings.write_all()" in conf
+    ci = (DOCS.parent / ".ci" / "run").read_text()
+    assert re.search(r"sphinx-build .*-W --keep-going .*\bdocs\b", ci)
+    assert '".[test,docs]"' in ci
