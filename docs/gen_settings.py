@@ -4,9 +4,11 @@
 - ``docs/kernel-settings.md``: every configurable trait ``RemoteKernel`` adds to ipykernel's kernel.
 
 Sphinx regenerates both when it builds the site (``docs/conf.py`` calls :func:`write_all`), so the
-site always shows the code's settings; the files are kept in the repository too, for readers of the
-source tree. Run ``python docs/gen_settings.py`` after changing a trait; tests/test_docs.py and
-tests/test_docs_site.py check that the files are current and that no setting is missing.
+site always shows the code's settings. ``server-settings.md`` is also kept in the repository, for
+readers of the source tree (tests/test_docs.py checks it is current: run
+``python docs/gen_settings.py`` after changing a server trait); ``kernel-settings.md`` exists only
+in builds (git-ignored: ``remote-kernel``'s kernel settings are also listed by
+``python -m remote_kernel --help-all``). tests/test_docs_site.py checks that no setting is missing.
 """
 
 from __future__ import annotations

@@ -284,7 +284,7 @@ class RunLoopClient(SignedHTTP):
                 raw = await resp.read()
                 status = resp.status
         if status >= 400:
-            raise _problem(status, raw)
+            raise self.explain(_problem(status, raw))
 
     async def download_files(
         self, session_id: str, names: Sequence[str], *, timeout: float | None = None
@@ -309,7 +309,7 @@ class RunLoopClient(SignedHTTP):
             if resp.status >= 400:
                 with self._map_transport_errors(what, limit):
                     raw = await resp.read()
-                raise _problem(resp.status, raw)
+                raise self.explain(_problem(resp.status, raw))
             try:
                 reader = aiohttp.MultipartReader.from_response(resp)
             except (ValueError, AssertionError, KeyError) as exc:

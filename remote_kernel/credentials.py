@@ -140,35 +140,179 @@ def load_credentials(endpoint: str | None = None) -> dict[str, str] | None:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a setting came from, and how to change it: the two halves of an error's hint.
+
+    ``where`` completes "The endpoint comes from ..."; ``change`` completes "To change it, ...".
+    """
+
+    where: str
+    change: str
+
+
+#: Which setting of the kernel a value came from (see :func:`setting_origin`).
+FROM_KERNELSPEC = "kernelspec"
+FROM_CONFIG_FILE = "config-file"
+
+_RESTART = "then restart the kernel"
+
+
+def endpoint_origin(kind: str, path: Path | str | None = None) -> Origin:
+    """Where the endpoint came from: ``kernelspec``, ``config-file``, ``environment``, ``file``
+    (the credentials file at ``path``), ``argument`` or ``default``."""
+    if kind == FROM_KERNELSPEC:
+        return Origin(
+            "the kernelspec's kernel.json (`--RemoteKernel.endpoint` in its argv), which "
+            "BACKEND_ENDPOINT does not override",
+            "run `remote-kernel install --endpoint=URL` again with the same --name (`remote-kernel "
+            f"list` shows each kernelspec's endpoint), {_RESTART}",
+        )
+    if kind == FROM_CONFIG_FILE:
+        return Origin(
+            "a Jupyter config file (`c.RemoteKernel.endpoint` in jupyter_remote_kernel_config)",
+            f"edit that line (`jupyter --paths` lists the config directories), {_RESTART}",
+        )
+    if kind == "environment":
+        return Origin(
+            f"the environment variable {ENV_ENDPOINT}",
+            f"set {ENV_ENDPOINT} to the server's URL where the kernel is started (for Jupyter: "
+            f"in the shell that starts it), {_RESTART}",
+        )
+    if kind == "file":
+        return Origin(
+            f"the credentials file {path} (the endpoint `remote-kernel install` saved)",
+            f"run `remote-kernel install --endpoint=URL` again, or set {ENV_ENDPOINT}, {_RESTART}",
+        )
+    if kind == "argument":
+        return Origin(
+            "the `endpoint` argument",
+            f"pass an http(s) URL, or none to use {ENV_ENDPOINT} or the credentials file",
+        )
+    return Origin(
+        f"no setting (neither {ENV_ENDPOINT}, a kernelspec nor the credentials file names one): "
+        "the default, where `remote-kernel serve` listens",
+        f"set {ENV_ENDPOINT}, or run `remote-kernel install --endpoint=URL`, {_RESTART}",
+    )
+
+
+def keys_origin(kind: str, path: Path | str | None = None) -> Origin:
+    """Where the keypair came from: ``kernelspec``, ``config-file``, ``environment``, ``file``
+    (the credentials file at ``path``), ``argument`` or ``none`` (anonymous)."""
+    fresh = "a keypair of this server (`remote-kernel keys create` on the server host prints one)"
+    if kind in (FROM_KERNELSPEC, FROM_CONFIG_FILE):
+        where = (
+            "the kernelspec's kernel.json (`--RemoteKernel.access_key`/`secret_key` in its argv)"
+            if kind == FROM_KERNELSPEC
+            else "a Jupyter config file (`c.RemoteKernel.access_key`/`secret_key`)"
+        )
+        return Origin(
+            where,
+            f"remove them there (a secret does not belong in a settings file) and run "
+            f"`remote-kernel install` again with {ENV_ACCESS_KEY} and {ENV_SECRET_KEY} set to "
+            f"{fresh}, {_RESTART}",
+        )
+    if kind == "environment":
+        return Origin(
+            f"the environment variables {ENV_ACCESS_KEY} and {ENV_SECRET_KEY} (which win over "
+            "the credentials file)",
+            f"set both to {fresh} where the kernel is started, or unset them to use the "
+            f"credentials file, {_RESTART}",
+        )
+    if kind == "file":
+        return Origin(
+            f"the credentials file {path}, written by `remote-kernel install`",
+            f"run `remote-kernel install` again with {ENV_ACCESS_KEY} and {ENV_SECRET_KEY} set "
+            f"to {fresh} (it rewrites the file), {_RESTART}",
+        )
+    if kind == "argument":
+        return Origin(
+            "the `access_key`/`secret_key` arguments",
+            f"pass {fresh}, or none to use {ENV_ACCESS_KEY} or the credentials file",
+        )
+    return Origin(
+        f"no {ENV_ACCESS_KEY} is set and the credentials file {credentials_path()} has no "
+        "keypair for this endpoint",
+        f"set {ENV_ACCESS_KEY} and {ENV_SECRET_KEY} to {fresh}, or save them with "
+        f"`remote-kernel install`, {_RESTART}",
+    )
+
+
+def setting_origin(configurable: Any, name: str) -> str:
+    """Which settings gave a traitlets ``configurable``'s ``name`` its value: ``kernelspec`` (the
+    command line, i.e. kernel.json's argv), ``config-file``, or ``""`` (neither: the trait's
+    default decided). Duck-typed, so this module keeps to the standard library."""
+    app = getattr(configurable, "parent", None)
+    cli = getattr(app, "cli_config", None) or {}
+    section = type(configurable).__name__
+    with contextlib.suppress(Exception):
+        if name in cli.get(section, {}):
+            return FROM_KERNELSPEC
+    config = getattr(configurable, "config", None) or {}
+    with contextlib.suppress(Exception):
+        if name in config.get(section, {}):
+            return FROM_CONFIG_FILE
+    return ""
+
+
+def origins_of(configurable: Any, creds: Credentials) -> tuple[Origin, Origin]:
+    """(endpoint origin, keypair origin) of a configurable with ``endpoint``, ``access_key`` and
+    ``secret_key`` settings whose defaults come from ``creds``: a value set in kernel.json or a
+    config file names that place, any other the place ``creds`` found it."""
+    endpoint_from = setting_origin(configurable, "endpoint")
+    keys_from = setting_origin(configurable, "access_key") or setting_origin(
+        configurable, "secret_key"
+    )
+    return (
+        endpoint_origin(endpoint_from) if endpoint_from else creds.endpoint_origin,
+        keys_origin(keys_from) if keys_from else creds.keys_origin,
+    )
+
+
+@dataclass(frozen=True)
 class Credentials:
-    """Where to connect and with which keypair; ``repr`` never shows the secret."""
+    """Where to connect and with which keypair; ``repr`` never shows the secret.
+
+    ``endpoint_origin`` and ``keys_origin`` say where each came from, for error messages.
+    """
 
     endpoint: str = ""
     access_key: str = ""
     secret_key: str = field(default="", repr=False)
-    source: str = ""
+    endpoint_origin: Origin = field(default_factory=lambda: endpoint_origin("default"))
+    keys_origin: Origin = field(default_factory=lambda: keys_origin("none"))
 
 
 def resolve_credentials(
-    endpoint: str | None = None, environ: Mapping[str, str] | None = None
+    endpoint: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    endpoint_from: str = "argument",
 ) -> Credentials:
     """The endpoint and keypair: the SDK's environment variables, else the user's saved file.
 
     ``BACKEND_ENDPOINT``, ``BACKEND_ACCESS_KEY`` and ``BACKEND_SECRET_KEY`` win. Without an
     access key in the environment, the keypair saved for the endpoint (or the default one) in
     the credentials file is used. Missing values are empty strings: an empty access key means
-    anonymous, unsigned requests.
+    anonymous, unsigned requests. ``endpoint_from`` names where a given ``endpoint`` came from
+    (an :func:`endpoint_origin` kind).
     """
     env = os.environ if environ is None else environ
-    endpoint = endpoint or env.get(ENV_ENDPOINT) or ""
+    if endpoint:
+        where = endpoint_origin(endpoint_from)
+    elif env.get(ENV_ENDPOINT):
+        endpoint, where = env[ENV_ENDPOINT], endpoint_origin("environment")
+    else:
+        endpoint, where = "", endpoint_origin("default")
     access = env.get(ENV_ACCESS_KEY) or ""
     secret = env.get(ENV_SECRET_KEY) or ""
     if access:
-        return Credentials(endpoint, access, secret, "environment")
+        return Credentials(endpoint, access, secret, where, keys_origin("environment"))
     saved = load_credentials(endpoint or None)
     if saved is None:
-        return Credentials(endpoint, "", "", "")
+        return Credentials(endpoint, "", "", where, keys_origin("none"))
+    path = credentials_path()
+    if not endpoint and saved["endpoint"]:
+        endpoint, where = saved["endpoint"], endpoint_origin("file", path)
     return Credentials(
-        endpoint or saved["endpoint"], saved["access_key"], saved["secret_key"],
-        str(credentials_path()),
-    )  # fmt: skip
+        endpoint, saved["access_key"], saved["secret_key"], where, keys_origin("file", path)
+    )

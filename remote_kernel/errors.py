@@ -61,6 +61,8 @@ class ServerError(RemoteKernelError):
     def __init__(self, msg: str = "", *, data: Any = None, status: int | None = None) -> None:
         super().__init__(msg or self.title)
         self.msg = msg or self.title
+        #: What the server said; ``msg`` may add what the client knows (e.g. which keypair).
+        self.server_msg = self.msg
         self.data = data
         if status is not None:
             self.status = status  # type: ignore[misc]

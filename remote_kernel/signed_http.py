@@ -28,8 +28,18 @@ from yarl import URL
 
 from . import protocol as p
 from .auth import Keypair, sign_headers
-from .credentials import resolve_credentials
-from .errors import ConfigurationError, ProtocolError, TransportError, error_from_problem
+from .credentials import Origin, resolve_credentials
+from .credentials import endpoint_origin as _endpoint_origin
+from .credentials import keys_origin as _keys_origin
+from .errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidAuthParamsError,
+    ProtocolError,
+    ServerError,
+    TransportError,
+    error_from_problem,
+)
 
 log = logging.getLogger("remote_kernel.client")
 _S = TypeVar("_S", bound="SignedHTTP")
@@ -41,12 +51,32 @@ BODYLESS_CONTENT_TYPE = "text/plain"
 JSON_CONTENT_TYPE = "application/json"
 
 _UNREACHABLE = (
-    "could not reach {endpoint}: {reason}. Is `remote-kernel serve` running? "
-    "Set BACKEND_ENDPOINT to change the address."
+    "could not reach {endpoint}: {reason}. Is the server (`remote-kernel serve`, or a Backend.AI "
+    "manager) running there? The endpoint comes from {where}. To change it, {change}."
 )
 _DROPPED = (
-    "the connection to {endpoint} was lost during {what}: {reason}. "
-    "Is `remote-kernel serve` still running? Set BACKEND_ENDPOINT to change the address."
+    "the connection to {endpoint} was lost during {what}: {reason}. Is the server still running "
+    "there? (The endpoint comes from {where}.)"
+)
+_BAD_ENDPOINT = (
+    "The endpoint {endpoint!r} is not an http(s) URL such as {default}; it comes from {where}. "
+    "To change it, {change}."
+)
+_HALF_KEYPAIR = (
+    "An access key is set but the secret key is empty; both come from {where}. To fix it, {change}."
+)
+_AUTH_FAILED = (
+    "{endpoint} refused the keypair with access key {access_key} ({msg}): the server does not "
+    "know this access key, or the secret key is not its secret. The keypair comes from {where}. "
+    "To change it, {change}."
+)
+_AUTH_MISSING = (
+    "{endpoint} requires a keypair ({msg}), but the requests were not signed: {where}. "
+    "To fix it, {change}."
+)
+_CLOCK_SKEW = (
+    "{endpoint} refused the request ({msg}): this machine's clock and the server's differ by "
+    "more than 15 minutes. Set the clock right (e.g. enable NTP) on whichever is wrong."
 )
 _TIMEOUT = (
     "{endpoint} did not answer {what} within {timeout:g} s. The server may be overloaded or hung; "
@@ -74,23 +104,34 @@ class SignedHTTP:
         retry_budget: float = 10.0,
         use_extensions: bool = True,
         session: aiohttp.ClientSession | None = None,
+        endpoint_origin: Origin | None = None,
+        keys_origin: Origin | None = None,
     ) -> None:
+        ep_origin = endpoint_origin or _ARGUMENT_ENDPOINT
+        key_origin = keys_origin or _ARGUMENT_KEYS
         if endpoint is None or access_key is None or secret_key is None:
             creds = resolve_credentials(endpoint)
-            endpoint = endpoint if endpoint is not None else creds.endpoint
+            if endpoint is None:
+                endpoint, ep_origin = creds.endpoint, endpoint_origin or creds.endpoint_origin
+            if access_key is None or secret_key is None:
+                key_origin = keys_origin or creds.keys_origin
             access_key = access_key if access_key is not None else creds.access_key
             secret_key = secret_key if secret_key is not None else creds.secret_key
         endpoint = (endpoint or DEFAULT_ENDPOINT).strip().rstrip("/")
+        #: Where the endpoint and the keypair came from: named in connection and auth errors.
+        self.endpoint_origin: Origin = ep_origin
+        self.keys_origin: Origin = key_origin
         url = URL(endpoint)
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigurationError(
-                f"BACKEND_ENDPOINT must be an http(s) URL such as {DEFAULT_ENDPOINT}; "
-                f"got {endpoint!r}."
-            )
+                _BAD_ENDPOINT.format(
+                    endpoint=endpoint, default=DEFAULT_ENDPOINT, where=ep_origin.where,
+                    change=ep_origin.change,
+                )
+            )  # fmt: skip
         if access_key and not secret_key:
             raise ConfigurationError(
-                "BACKEND_ACCESS_KEY is set but BACKEND_SECRET_KEY is empty; set both "
-                "(from `remote-kernel keys create`) or neither for anonymous access."
+                _HALF_KEYPAIR.format(where=key_origin.where, change=key_origin.change)
             )
         self.endpoint = endpoint
         self._base = url
@@ -150,12 +191,12 @@ class SignedHTTP:
             yield
         except aiohttp.ConnectionTimeoutError as exc:
             reason = f"no connection within {self.connect_timeout:g} s"
-            err = TransportError(_UNREACHABLE.format(endpoint=self.endpoint, reason=reason))
+            err = TransportError(self._unreachable(reason))
             err.request_sent = False  # type: ignore[attr-defined]
             raise err from exc
         except aiohttp.ClientConnectorError as exc:
             reason = _reason(exc.os_error) if exc.os_error else str(exc)
-            err = TransportError(_UNREACHABLE.format(endpoint=self.endpoint, reason=reason))
+            err = TransportError(self._unreachable(reason))
             err.request_sent = False  # type: ignore[attr-defined]
             raise err from exc
         except (asyncio.TimeoutError, TimeoutError) as exc:
@@ -166,9 +207,45 @@ class SignedHTTP:
             raise err from exc
         except (aiohttp.ClientError, OSError) as exc:
             reason = _reason(exc)
-            err = TransportError(_DROPPED.format(endpoint=self.endpoint, what=what, reason=reason))
+            err = TransportError(
+                _DROPPED.format(
+                    endpoint=self.endpoint, what=what, reason=reason,
+                    where=self.endpoint_origin.where,
+                )
+            )  # fmt: skip
             err.request_sent = True  # type: ignore[attr-defined]
             raise err from exc
+
+    def _unreachable(self, reason: str) -> str:
+        origin = self.endpoint_origin
+        return _UNREACHABLE.format(
+            endpoint=self.endpoint, reason=reason, where=origin.where, change=origin.change
+        )
+
+    def explain(self, error: ServerError) -> ServerError:
+        """Say which keypair an authentication error refused and where it came from (the
+        server cannot tell an unknown key from a wrong secret, and must not)."""
+        if error.msg != error.server_msg:  # explained already
+            return error
+        origin = self.keys_origin
+        if isinstance(error, AuthenticationError):
+            if self._keypair is None:
+                text = _AUTH_MISSING.format(
+                    endpoint=self.endpoint, msg=error.msg, where=origin.where,
+                    change=origin.change,
+                )  # fmt: skip
+            else:
+                text = _AUTH_FAILED.format(
+                    endpoint=self.endpoint, access_key=self._keypair.access_key, msg=error.msg,
+                    where=origin.where, change=origin.change,
+                )  # fmt: skip
+        elif isinstance(error, InvalidAuthParamsError) and "sync" in error.msg.lower():
+            text = _CLOCK_SKEW.format(endpoint=self.endpoint, msg=error.msg)
+        else:
+            return error
+        error.msg = text
+        error.args = (text,)
+        return error
 
     def _headers(self, method: str, url: URL, content_type: str) -> dict[str, str]:
         headers = {"Content-Type": content_type, "Accept": "application/json"}
@@ -239,7 +316,7 @@ class SignedHTTP:
                 parsed = None
         if status >= 400:
             problem = parsed if isinstance(parsed, dict) else raw.decode("utf-8", "replace")
-            raise error_from_problem(status, problem)
+            raise self.explain(error_from_problem(status, problem))
         if raw and parsed is None:
             raise ProtocolError(
                 f"{what} answered {status} with a body that is not JSON: "
@@ -292,6 +369,10 @@ class SignedHTTP:
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                 max_msg_size=0,
             )  # fmt: skip
+
+
+_ARGUMENT_ENDPOINT = _endpoint_origin("argument")
+_ARGUMENT_KEYS = _keys_origin("argument")
 
 
 def _reason(exc: BaseException) -> str:

@@ -37,6 +37,7 @@ from ..credentials import (
     ENV_ENDPOINT,
     ENV_SECRET_KEY,
     Credentials,
+    origins_of,
     resolve_credentials,
 )
 from ..errors import ConfigurationError
@@ -277,6 +278,9 @@ class RemoteKernel(IntrospectionMixin, Kernel):
             "use_extensions": self.use_extensions,
             **kw,
         }
+        # where the endpoint and keys came from (kernel.json, environment...), for error hints
+        origins = origins_of(self, self._credentials())
+        settings.update(endpoint_origin=origins[0], keys_origin=origins[1])
         return RunLoopClient(self.endpoint or None, self.access_key, self.secret_key, **settings)
 
     def _main_client(self) -> RunLoopClient:
