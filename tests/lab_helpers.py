@@ -134,6 +134,12 @@ class JupyterLab:
         labconfig.mkdir(parents=True, exist_ok=True)
         (labconfig / "default_setting_overrides.json").write_text(json.dumps(SETTING_OVERRIDES))
         (labconfig / "page_config.json").write_text(json.dumps(PAGE_CONFIG))
+        for _ in range(3):  # another process may take the free port before jupyter lab binds it
+            if self._start_once(timeout):
+                return
+        raise RuntimeError(f"jupyter lab found no free port:\n{self.log()}")
+
+    def _start_once(self, timeout: float) -> bool:
         self.port = free_port()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -151,10 +157,12 @@ class JupyterLab:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if f"port {self.port} is not available" in self.log():
+                    return False
                 raise RuntimeError(f"jupyter lab exited:\n{self.log()}")
             try:
                 self.api("GET", "/api/status")
-                return
+                return True
             except (OSError, urllib.error.URLError):
                 time.sleep(0.2)
         self.stop()
