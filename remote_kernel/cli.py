@@ -6,7 +6,11 @@ them lists its options (each a ``--Class.trait`` flag with its environment-varia
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import sys
+from pathlib import Path
 
 from traitlets.config import Application
 
@@ -77,3 +81,19 @@ def _clear_singletons(app: Application) -> None:
         current = current.subapp
     for each in reversed(chain):
         type(each).clear_instance()
+
+
+def command_name() -> str:
+    """How to type ``remote-kernel`` here: the bare name when it is on PATH, else the path of
+    this environment's script (``.venv/bin/remote-kernel`` after the README's set-up)."""
+    script = Path(sys.executable).parent / "remote-kernel"
+    found = shutil.which("remote-kernel")
+    if found and (not script.exists() or Path(found).resolve() == script.resolve()):
+        return "remote-kernel"
+    if not script.exists():
+        return f"{sys.executable} -m remote_kernel"
+    with contextlib.suppress(ValueError):
+        relative = os.path.relpath(script)
+        if not relative.startswith(".."):
+            return relative
+    return str(script)

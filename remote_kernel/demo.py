@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from traitlets import Float, Unicode
 
+from .cli import command_name
 from .kernelspec import install
 from .kernelspec_apps import SubcommandApp
 
@@ -197,6 +198,31 @@ def summarize(nb: Any, timings: dict[int, float], startup: float) -> str:
     )
 
 
+def next_steps(command: str | None = None, port: int = 8090) -> str:
+    """What to run after the demo: a server of one's own, a kernelspec for it, a frontend."""
+    rk = command or command_name()
+    jupyter = rk[: -len("remote-kernel")] + "jupyter" if rk.endswith("remote-kernel") else "jupyter"
+    return "\n".join(
+        [
+            "",
+            "Next steps (the demo's server and kernelspec are gone now):",
+            "  1. In a second terminal, create a keypair and run a server of your own; it stays in",
+            "     the foreground and prints how to connect to it:",
+            f"       {rk} keys create      # prints BACKEND_ACCESS_KEY=... BACKEND_SECRET_KEY=...",
+            f"       {rk} serve --port {port}",
+            "  2. Here, install a kernelspec for it (the keypair goes to your private credentials",
+            "     file, never into kernel.json):",
+            f"       export BACKEND_ENDPOINT=http://127.0.0.1:{port} BACKEND_ACCESS_KEY=... "
+            "BACKEND_SECRET_KEY=...",
+            f'       {rk} install --display-name "Python (remote)"',
+            '  3. Pick "Python (remote)" in JupyterLab, Notebook or VS Code, or run a notebook:',
+            f"       {jupyter} execute --kernel_name=remote-python NOTEBOOK.ipynb",
+            "  More: docs/quickstart.md (a Backend.AI cluster: docs/backendai.md; trouble: "
+            "docs/troubleshooting.md).",
+        ]
+    )
+
+
 class DemoApp(SubcommandApp):
     """``remote-kernel demo``."""
 
@@ -284,6 +310,7 @@ class DemoApp(SubcommandApp):
             raise DemoError(f"{failure}\nThe partly executed notebook is in {output}")
         print(f"\nWrote {output}")
         print(summarize(nb, timings, startup))
+        print(next_steps(), flush=True)
 
     def _execute(
         self, nb: Any, cwd: Path, log_path: Path

@@ -75,6 +75,7 @@ def test_demo_runs_the_tour(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Server at http://127.0.0.1:" in done.stdout
     assert "code cells" in done.stdout and "outputs (" in done.stdout
+    assert "Next steps" in done.stdout and " serve --port 8090" in done.stdout
 
     nb = nbformat.read(cwd / "tour.executed.ipynb", as_version=4)
     nbformat.validate(nb)

@@ -72,10 +72,10 @@ def test_the_references_are_written_where_the_toctree_expects_them(
 
 def test_every_page_is_in_the_toctree() -> None:
     index = (DOCS / "index.md").read_text()
-    toctree = re.search(r"```\{toctree\}\n(.*?)```", index, re.S)
-    assert toctree, "docs/index.md has no toctree"
+    toctrees = re.findall(r"```\{toctree\}\n(.*?)```", index, re.S)
+    assert toctrees, "docs/index.md has no toctree"
     entries = {
-        line.strip() for line in toctree.group(1).splitlines()
+        line.strip() for tree in toctrees for line in tree.splitlines()
         if line.strip() and not line.startswith(":")
     }  # fmt: skip
     generated = {"kernel-settings"}  # written by docs/conf.py at build time
@@ -92,3 +92,45 @@ def test_the_build_is_offline_and_strict() -> None:
     ci = (DOCS.parent / ".ci" / "run").read_text()
     assert re.search(r"sphinx-build .*-W --keep-going .*\bdocs\b", ci)
     assert '".[test,docs]"' in ci
+
+
+def _messages() -> dict[str, str]:
+    """Every message template a user can see in a notebook or from a command."""
+    from remote_kernel import credentials, kernelspec, kernelspec_apps, signed_http
+    from remote_kernel.proxy import cell, replies
+
+    return {
+        "SESSION_FAILED": cell.SESSION_FAILED,
+        "SESSION_LOST": cell.SESSION_LOST,
+        "NEW_SESSION_NOTE": cell.NEW_SESSION_NOTE,
+        "WIDGET_NOTE": cell.WIDGET_NOTE,
+        "UNSHOWN_NOTE": cell.UNSHOWN_NOTE,
+        "STDIN_REFUSED": replies.STDIN_REFUSED,
+        "_UNREACHABLE": signed_http._UNREACHABLE,
+        "_DROPPED": signed_http._DROPPED,
+        "_TIMEOUT": signed_http._TIMEOUT,
+        "_BAD_ENDPOINT": signed_http._BAD_ENDPOINT,
+        "_HALF_KEYPAIR": signed_http._HALF_KEYPAIR,
+        "_AUTH_FAILED": signed_http._AUTH_FAILED,
+        "_AUTH_MISSING": signed_http._AUTH_MISSING,
+        "_CLOCK_SKEW": signed_http._CLOCK_SKEW,
+        "_BAD_FILE": credentials._BAD_FILE,
+        "_BAD_NAME": kernelspec._BAD_NAME,
+        "_EACCES": kernelspec_apps._EACCES,
+    }
+
+
+def _plain(text: str) -> str:
+    text = re.sub(r"^> ?", "", text, flags=re.M)
+    return " ".join(text.replace("`", "").split())
+
+
+def test_every_user_facing_message_is_in_troubleshooting() -> None:
+    page = _plain((DOCS / "troubleshooting.md").read_text())
+    missing = []
+    for name, template in _messages().items():
+        pieces = [_plain(p) for p in re.split(r"\{[^}]*\}", template)]
+        longest = max(pieces, key=len)
+        if longest[:60] not in page:
+            missing.append(f"{name}: {longest[:60]!r}")
+    assert not missing, "docs/troubleshooting.md does not explain:\n" + "\n".join(missing)

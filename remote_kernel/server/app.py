@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,10 @@ from traitlets import (
     validate,
 )
 from traitlets.config import Application, Config, catch_config_error
+from yarl import URL
 
 from .._version import __version__
+from ..cli import command_name
 from ..errors import RemoteKernelError
 from .appkeys import keystore_key, manager_key, settings_key
 from .isolation import Isolation
@@ -367,12 +370,36 @@ class ServerApp(Application):
         print(f"remote-kernel serve: serving on {url} (state dir {self.state_dir}, auth "
               f"{self.auth}, {keys} keypair(s), extensions {'on' if self.extensions else 'off'}, "
               f"sandbox {iso.mode}, limits {iso.limits})", flush=True)  # fmt: skip
-        if self.auth == "keypair" and keys == 0:
-            hint = f"remote-kernel keys create --state-dir {self.state_dir}"
-            print(f"  no keypairs yet: run `{hint}`", flush=True)
+        print(connect_hint(url, self.auth, keys, str(self.state_dir)), flush=True)
         await stop.wait()
         self.log.info("shutting down: stopping every session")
         await runner.cleanup()
+
+
+def connect_hint(url: str, auth: str, keys: int, state_dir: str) -> str:
+    """The lines after the banner: how to connect a kernel to this server (keypair, kernelspec).
+
+    A server listening on every address (0.0.0.0, ::) is reached by this machine's name."""
+    host = URL(url).host or ""
+    if host in ("0.0.0.0", "::"):
+        url = str(URL(url).with_host(socket.gethostname()))
+    rk = command_name()
+    keys_create = f"{rk} keys create --state-dir {state_dir}"
+    lines = ["  connect a kernel to it (in a shell on the machine that runs Jupyter):"]
+    if auth == "keypair":
+        if keys == 0:
+            lines.insert(0, f"  no keypairs yet: run `{keys_create}` (it prints one)")
+        lines.append(f"    # a keypair of this server: `{keys_create}` prints a new one")
+        lines.append(
+            f"    export BACKEND_ENDPOINT={url} BACKEND_ACCESS_KEY=... BACKEND_SECRET_KEY=..."
+        )
+    else:
+        lines.append(f"    export BACKEND_ENDPOINT={url}   # no keypair needed: auth is {auth}")
+    lines.append(f'    {rk} install --display-name "Python (remote)"')
+    lines.append(
+        '  then pick "Python (remote)" in JupyterLab, Notebook or VS Code. Ctrl-C stops it.'
+    )
+    return "\n".join(lines)
 
 
 def _with_memory_default(resources: Resources) -> Resources:
