@@ -134,3 +134,15 @@ def test_every_user_facing_message_is_in_troubleshooting() -> None:
         if longest[:60] not in page:
             missing.append(f"{name}: {longest[:60]!r}")
     assert not missing, "docs/troubleshooting.md does not explain:\n" + "\n".join(missing)
+
+
+def test_pages_point_at_the_protocol_in_this_repository() -> None:
+    assert (DOCS / "protocol.md").is_file()
+    for page in [*DOCS.glob("*.md"), DOCS.parent / "README.md"]:
+        assert "shared/protocol.md" not in page.read_text(), f"{page.name} names shared/"
+    protocol = (DOCS / "protocol.md").read_text()
+    from remote_kernel.protocol import FEATURES
+
+    for feature in FEATURES:  # every extension the server can offer is specified
+        assert f"`{feature}`" in protocol, feature
+    assert "## Base layer" in protocol and "### Authentication" in protocol
