@@ -38,7 +38,11 @@ messages where the server offers it.
   after 3 warm-ups;
 * 100,000 lines: ``for i in range(100000): print(i)`` until reply + idle, every line checked (s);
 * streamed-output lag: a cell prints ``repr(time.time())`` every 100 ms for 3 s; lag = arrival
-  time - stamp (median and p90, ms).
+  time - stamp (median and p90, ms);
+* widgets (with ``--widgets``; needs ipywidgets): a cell that sets an ``IntSlider``'s value
+  1,000 times, until reply + idle, every update checked to arrive once and in order (s); and the
+  round trip of one slider update from the frontend: ``comm_msg`` sent -> the kernel's
+  ``echo_update`` received (median and p90 of ``--runs``, ms).
 
 Note: jupyter_server (tornado) leaves Nagle's algorithm on for the kernel WebSocket, so on
 loopback everything a kernel sends after a cell's ``busy`` status waits for the client's delayed
@@ -557,7 +561,13 @@ class KernelSocket:
             elif reply.get("msg_type") == "kernel_info_reply":
                 return dict(reply["content"])
 
-    async def execute(self, code: str, timeout: float, lag: bool = False) -> Execution:
+    async def execute(
+        self,
+        code: str,
+        timeout: float,
+        lag: bool = False,
+        collect: list[dict[str, Any]] | None = None,
+    ) -> Execution:
         msg = self.message(
             "execute_request",
             {
@@ -581,6 +591,8 @@ class KernelSocket:
                 continue
             kind = reply.get("msg_type") or reply["header"]["msg_type"]
             content = reply.get("content", {})
+            if collect is not None:
+                collect.append(reply)
             if kind == "execute_result" and ex.result_at is None:
                 ex.result_at = arrived
             elif kind == "execute_reply":
@@ -599,6 +611,67 @@ class KernelSocket:
                 f"cell {code[:30]!r} failed: {ex.reply.get('ename')}: {ex.reply.get('evalue')}"
             )
         return ex
+
+
+WIDGET_SETUP = "import ipywidgets as _w\n_s = _w.IntSlider(max=1_000_000)\ndisplay(_s)"
+WIDGET_UPDATES = 1000
+
+
+async def widget_checks(kernel: KernelSocket, args: argparse.Namespace) -> dict[str, float]:
+    """1,000 kernel -> frontend updates (s, all checked), and the frontend -> kernel ->
+    frontend round trip of one slider update (ms)."""
+    shown: list[dict[str, Any]] = []
+    await kernel.execute(WIDGET_SETUP, args.cell_timeout, collect=shown)
+    opened = [
+        m["content"]["comm_id"]
+        for m in shown
+        if m.get("msg_type") == "comm_open"
+        and m["content"]["data"]["state"].get("_model_name") == "IntSliderModel"
+    ]
+    if len(opened) != 1:
+        raise RuntimeError(f"the slider's comm_open did not arrive ({len(opened)} seen)")
+    comm_id = opened[0]
+    got: list[dict[str, Any]] = []
+    code = f"for _i in range(1, {WIDGET_UPDATES + 1}):\n    _s.value = _i"
+    updates = await kernel.execute(code, args.bulk_timeout, collect=got)
+    values = [
+        m["content"]["data"]["state"].get("value")
+        for m in got
+        if m.get("msg_type") == "comm_msg" and m["content"]["comm_id"] == comm_id
+    ]
+    if values != list(range(1, WIDGET_UPDATES + 1)):
+        raise RuntimeError(f"widget updates wrong: {len(values)} of {WIDGET_UPDATES}, or reordered")
+    trips = []
+    for k in range(args.runs + 3):
+        state = {"value": 10_000 + k}
+        msg = kernel.message(
+            "comm_msg",
+            {"comm_id": comm_id, "data": {"method": "update", "state": state, "buffer_paths": []}},
+            "shell",
+        )
+        sent = time.perf_counter()
+        await kernel.send(msg)
+        deadline = sent + args.cell_timeout
+        echoed = idle = None
+        while echoed is None or idle is None:
+            arrived, _, reply = await kernel.receive(deadline)
+            if reply.get("parent_header", {}).get("msg_id") != msg["header"]["msg_id"]:
+                kernel.stray += 1
+                continue
+            data = reply.get("content", {}).get("data", {})
+            if reply.get("msg_type") == "comm_msg" and data.get("state") == state:
+                echoed = arrived
+            elif reply.get("msg_type") == "status" and (
+                reply["content"].get("execution_state") == "idle"
+            ):
+                idle = arrived
+        if k >= 3:  # after warm-ups
+            trips.append(echoed - sent)
+    return {
+        "widget_updates": updates.elapsed,
+        "slider_rtt": statistics.median(trips) * 1000,
+        "slider_rtt_p90": percentile(trips, 0.9) * 1000,
+    }
 
 
 async def start_kernel(
@@ -713,6 +786,10 @@ async def measure(system: System, args: argparse.Namespace, progress: list[str])
             out["lag_p90"] = percentile(streamed.lags, 0.9)
             out["lag_n"] = len(streamed.lags)
 
+            if args.widgets:
+                progress.append("widgets")
+                out.update(await widget_checks(kernel, args))
+
             if args.restart:
                 progress.append("restart")
                 out["restart"] = await asyncio.wait_for(
@@ -784,6 +861,9 @@ ROWS = [
     ("{lines} lines (s)", "bulk", "{:.2f}"),
     ("stream lag median (ms)", "lag_median", "{:.1f}"),
     ("stream lag p90 (ms)", "lag_p90", "{:.1f}"),
+    ("1,000 widget updates (s)", "widget_updates", "{:.2f}"),
+    ("slider rtt median (ms)", "slider_rtt", "{:.1f}"),
+    ("slider rtt p90 (ms)", "slider_rtt_p90", "{:.1f}"),
 ]
 RATIOS = [("proxy/local", "proxy", "local"), ("gateway/local", "gateway", "local"),
           ("proxy/gateway", "proxy", "gateway")]  # fmt: skip
@@ -846,6 +926,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--restart", action="store_true",
         help="also measure restart to first result (a local kernel's restart through "
         "jupyter_server sometimes never answers here: off by default)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--widgets", action="store_true",
+        help="also measure widget updates and a slider's round trip (needs ipywidgets)",
     )  # fmt: skip
     parser.add_argument("--rtt", default="0,20", help="round trips to add, ms (0,20)")
     parser.add_argument("--lines", type=int, default=100_000, help="lines of the bulk cell")

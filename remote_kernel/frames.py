@@ -14,22 +14,34 @@ Client → server:
 * ``interrupt`` ``{runId, interruptId}``: interrupt that run if it is still running (a repeat of
   ``interruptId`` is ignored);
 * ``ack`` ``{runId, cursor}``: the client holds every record before ``cursor``; the server may
-  free them.
+  free them;
+* ``shell`` ``{msgId, msgType, content, metadata, buffers}`` (extension ``comms``): a frontend
+  ``comm_open``/``comm_msg``/``comm_close``/``comm_info_request``, sent to the remote kernel's
+  shell with ``msgId`` as its id (``buffers``: base64); a repeated ``msgId`` is not sent again;
+* ``outputs`` ``{cursor}`` (``comms``): push what belongs to no run from item ``cursor`` on.
 
 Server → client:
 
-* ``hello`` ``{sessionId, protocol}``: first frame;
+* ``hello`` ``{sessionId, protocol, outputs}``: first frame (``outputs``: the number the next
+  item of what belongs to no run will get);
 * ``result`` ``{from, runId, status, console, cursor, exitCode, options, reply?}``: the run's
   records ``from..cursor`` and its status, exactly the fields of an HTTP execute result;
 * ``accepted`` ``{of, runId, seq | interruptId, applied}``: an ``input`` or ``interrupt``
   arrived (``applied`` false: it was a repeat, or the run had moved on);
 * ``event`` ``{name, data}``: something that belongs to no run (session and kernel life);
+* ``output`` ``{from, cursor, items, dropped}`` (``comms``): items ``from..cursor`` of what the
+  kernel sent outside any run, in kernel order, each ``{parent, record}`` (``parent``: the
+  ``msg_id`` of the request it answers) or ``{parent, done}`` (the forwarded frontend message
+  ``parent`` is finished; ``done`` is its reply, if it has one); ``dropped``: items no longer
+  kept that were asked for;
 * ``error`` ``{runId?, problem}``: a frame the server could not act on; ``problem`` is the
   problem+json body an HTTP request would have got.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
@@ -42,14 +54,17 @@ RUN = "run"
 INPUT = "input"
 INTERRUPT = "interrupt"
 ACK = "ack"
-CLIENT_TYPES = (RUN, INPUT, INTERRUPT, ACK)
+SHELL = "shell"
+OUTPUTS = "outputs"
+CLIENT_TYPES = (RUN, INPUT, INTERRUPT, ACK, SHELL, OUTPUTS)
 
 HELLO = "hello"
 RESULT = "result"
 ACCEPTED = "accepted"
 EVENT = "event"
 ERROR = "error"
-SERVER_TYPES = (HELLO, RESULT, ACCEPTED, EVENT, ERROR)
+OUTPUT = "output"
+SERVER_TYPES = (HELLO, RESULT, ACCEPTED, EVENT, ERROR, OUTPUT)
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,18 @@ class ClientFrame:
     seq: int | None = None
     text: str = ""
     interrupt_id: str | None = None
+    shell: ShellMessage | None = None
+
+
+@dataclass(frozen=True)
+class ShellMessage:
+    """A frontend message to forward to the remote kernel's shell (``shell`` frame)."""
+
+    msg_id: str
+    msg_type: str
+    content: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    buffers: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -100,8 +127,27 @@ def ack(run_id: str, cursor: int) -> dict[str, Any]:
     return {"type": ACK, "runId": run_id, "cursor": cursor}
 
 
-def hello(session_id: str) -> dict[str, Any]:
-    return {"type": HELLO, "sessionId": session_id, "protocol": PROTOCOL}
+def shell(msg: ShellMessage) -> dict[str, Any]:
+    return {
+        "type": SHELL, "msgId": msg.msg_id, "msgType": msg.msg_type, "content": msg.content,
+        "metadata": msg.metadata,
+        "buffers": [base64.b64encode(b).decode("ascii") for b in msg.buffers],
+    }  # fmt: skip
+
+
+def outputs(cursor: int) -> dict[str, Any]:
+    return {"type": OUTPUTS, "cursor": cursor}
+
+
+def hello(session_id: str, outputs_end: int = 0) -> dict[str, Any]:
+    return {"type": HELLO, "sessionId": session_id, "protocol": PROTOCOL, "outputs": outputs_end}
+
+
+def output(items: list[dict[str, Any]], start: int, dropped: int = 0) -> dict[str, Any]:
+    return {
+        "type": OUTPUT, "from": start, "cursor": start + len(items), "items": items,
+        "dropped": dropped,
+    }  # fmt: skip
 
 
 def result(body: dict[str, Any], start: int) -> dict[str, Any]:
@@ -142,6 +188,13 @@ def parse_client_frame(text: str) -> ClientFrame:
         raise InvalidAPIParamsError(
             f"Unknown channel frame type {kind!r}; expected one of {', '.join(CLIENT_TYPES)}."
         )
+    if kind == SHELL:
+        return ClientFrame(SHELL, "", shell=_parse_shell(body))
+    if kind == OUTPUTS:
+        cursor = body.get("cursor")
+        if not _int(cursor):
+            raise InvalidAPIParamsError("An 'outputs' frame needs 'cursor' (int >= 0).")
+        return ClientFrame(OUTPUTS, "", cursor=cursor)
     run_id = body.get("runId")
     if not isinstance(run_id, str) or not run_id:
         raise InvalidAPIParamsError(f"A {kind!r} frame needs a 'runId' string.")
@@ -169,6 +222,31 @@ def parse_client_frame(text: str) -> ClientFrame:
     return ClientFrame(ACK, run_id, cursor=acked)
 
 
+#: Frontend message types a ``shell`` frame may carry.
+SHELL_TYPES = ("comm_open", "comm_msg", "comm_close", "comm_info_request")
+
+
+def _parse_shell(body: dict[str, Any]) -> ShellMessage:
+    msg_id, msg_type = body.get("msgId"), body.get("msgType")
+    content, metadata = body.get("content"), body.get("metadata") or {}
+    buffers = body.get("buffers") or []
+    if not isinstance(msg_id, str) or not msg_id:
+        raise InvalidAPIParamsError("A 'shell' frame needs a 'msgId' string.")
+    if msg_type not in SHELL_TYPES:
+        raise InvalidAPIParamsError(
+            f"A 'shell' frame forwards one of {', '.join(SHELL_TYPES)}; got {msg_type!r}."
+        )
+    if not isinstance(content, dict) or not isinstance(metadata, dict):
+        raise InvalidAPIParamsError("A 'shell' frame needs 'content' and 'metadata' objects.")
+    if not isinstance(buffers, list) or not all(isinstance(b, str) for b in buffers):
+        raise InvalidAPIParamsError("A 'shell' frame's 'buffers' must be base64 strings.")
+    try:
+        decoded = [base64.b64decode(b, validate=True) for b in buffers]
+    except (binascii.Error, ValueError):
+        raise InvalidAPIParamsError("A 'shell' frame's 'buffers' must be base64 strings.") from None
+    return ShellMessage(msg_id, msg_type, content, metadata, decoded)
+
+
 def parse_server_frame(text: str | bytes) -> ServerFrame:
     """A server frame; :class:`ProtocolError` when it is not one."""
     try:
@@ -178,6 +256,10 @@ def parse_server_frame(text: str | bytes) -> ServerFrame:
         raise ProtocolError(msg) from None
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
         raise ProtocolError(f"The push channel sent a frame without a type: {str(body)[:200]}")
+    if body["type"] == OUTPUT and not (
+        _int(body.get("from")) and _int(body.get("cursor")) and isinstance(body.get("items"), list)
+    ):
+        raise ProtocolError(f"An output frame lacks 'from'/'cursor'/'items': {str(body)[:200]}")
     if body["type"] == RESULT and not (_int(body.get("from")) and _int(body.get("cursor"))):
         raise ProtocolError(f"A result frame lacks 'from'/'cursor': {str(body)[:200]}")
     return ServerFrame(body["type"], body)

@@ -20,8 +20,11 @@ message or record type to a small function of plain data.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import protocol as p
@@ -123,6 +126,30 @@ def records_from_iopub(msg_type: str, content: Mapping[str, Any], *, jupyter: bo
     return convert(content) if convert else []
 
 
+def comm_record(
+    msg_type: str,
+    content: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+    buffers: Iterable[bytes | memoryview] = (),
+) -> Record:
+    """The record of a comm message (``comms`` extension): content and metadata as they are
+    (ipywidgets puts its protocol version in the metadata), binary buffers base64-encoded."""
+    return p.record(msg_type, {
+        "content": dict(content), "metadata": dict(metadata or {}),
+        "buffers": [base64.b64encode(bytes(b)).decode("ascii") for b in buffers],
+    })  # fmt: skip
+
+
+def records_from_message(msg: Mapping[str, Any], *, jupyter: bool, comms: bool) -> list[Record]:
+    """:func:`records_from_iopub` for a whole IOPub message (header, metadata, buffers): with
+    ``comms`` (and the lossless console), comm messages become comm records too."""
+    msg_type = str(msg.get("header", {}).get("msg_type") or msg.get("msg_type", ""))
+    content = msg.get("content", {})
+    if comms and jupyter and msg_type in p.COMM_RECORD_TYPES:
+        return [comm_record(msg_type, content, msg.get("metadata"), msg.get("buffers") or ())]
+    return records_from_iopub(msg_type, content, jupyter=jupyter)
+
+
 _KNOWN_IOPUB = _SILENT_IOPUB | _JUPYTER.keys() | _BASE.keys()
 
 
@@ -215,6 +242,37 @@ def iopub_from_record(rec: Record) -> tuple[str, dict[str, Any]] | None:
     kind, data = rec[0], rec[1]
     convert = _FROM_RECORD.get(kind) if isinstance(kind, str) else None  # JSON may give any kind
     return convert(data) if convert else None
+
+
+@dataclass(frozen=True)
+class CommMessage:
+    """A comm record as the message the proxy publishes (buffers decoded)."""
+
+    msg_type: str
+    content: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    buffers: list[bytes] = field(default_factory=list)
+
+
+def comm_from_record(rec: Record) -> CommMessage | None:
+    """The comm message a comm record stands for; None when it is not a well-formed one."""
+    kind, data = rec[0], rec[1]
+    if kind not in p.COMM_RECORD_TYPES or not isinstance(data, dict):
+        return None
+    content, metadata, buffers = (
+        data.get("content"),
+        data.get("metadata") or {},
+        data.get("buffers") or [],
+    )
+    if not isinstance(content, dict) or not isinstance(metadata, dict):
+        return None
+    if not isinstance(buffers, list) or not all(isinstance(b, str) for b in buffers):
+        return None
+    try:
+        decoded = [base64.b64decode(b, validate=True) for b in buffers]
+    except (binascii.Error, ValueError):
+        return None
+    return CommMessage(str(kind), content, metadata, decoded)
 
 
 #: A widget view needs comms with the kernel, which the run-loop API does not carry.

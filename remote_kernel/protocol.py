@@ -39,6 +39,8 @@ FEATURE_IS_COMPLETE = "is-complete"
 FEATURE_IDEMPOTENT_RUNS = "idempotent-runs"
 #: ``GET /stream/session/{id}/channel``: one WebSocket per session (docs/protocol.md).
 FEATURE_PUSH_CHANNEL = "push-channel"
+#: Jupyter comms both ways, over the push channel (docs/protocol.md, "Comms").
+FEATURE_COMMS = "comms"
 FEATURES = (
     FEATURE_JUPYTER_CONSOLE,
     FEATURE_OUTPUT_CURSOR,
@@ -47,6 +49,7 @@ FEATURES = (
     FEATURE_IS_COMPLETE,
     FEATURE_IDEMPOTENT_RUNS,
     FEATURE_PUSH_CHANNEL,
+    FEATURE_COMMS,
 )
 CONSOLE_JUPYTER = "jupyter"
 
@@ -75,6 +78,13 @@ ERROR = "error"
 JUPYTER_RECORD_TYPES = frozenset(
     {EXECUTE_RESULT, DISPLAY_DATA, UPDATE_DISPLAY_DATA, CLEAR_OUTPUT, ERROR}
 )
+#: Comm records (``comms``): ``[type, {"content", "metadata", "buffers": [base64, ...]}]``.
+COMM_OPEN = "comm_open"
+COMM_MSG = "comm_msg"
+COMM_CLOSE = "comm_close"
+COMM_RECORD_TYPES = frozenset({COMM_OPEN, COMM_MSG, COMM_CLOSE})
+#: Frontend messages a ``comms`` client forwards to the remote kernel's shell channel.
+SHELL_FORWARDED = frozenset({COMM_OPEN, COMM_MSG, COMM_CLOSE, "comm_info_request"})
 
 Record = list[Any]
 

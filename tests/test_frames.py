@@ -56,3 +56,22 @@ def test_server_frames() -> None:
         frames.parse_server_frame("{}")
     with pytest.raises(ProtocolError, match="lacks 'from'"):
         frames.parse_server_frame(json.dumps({"type": "result", "cursor": 1}))
+
+
+def test_shell_and_outputs_frames_round_trip() -> None:
+    msg = frames.ShellMessage("m1", "comm_msg", {"comm_id": "c", "data": {"x": 1}},
+                              {"v": 2}, [b"\x00\xff", b""])  # fmt: skip
+    parsed = frames.parse_client_frame(frames.dumps(frames.shell(msg)))
+    assert parsed == frames.ClientFrame("shell", "", shell=msg)
+    assert frames.parse_client_frame(frames.dumps(frames.outputs(7))) == frames.ClientFrame(
+        "outputs", "", cursor=7
+    )
+
+
+def test_output_frames() -> None:
+    items = [{"parent": "p", "record": ["stdout", "x"]}, {"parent": "p", "done": {}}]
+    frame = frames.parse_server_frame(json.dumps(frames.output(items, 5, dropped=2)))
+    assert frame.body == {"type": "output", "from": 5, "cursor": 7, "items": items, "dropped": 2}
+    assert frames.parse_server_frame(json.dumps(frames.hello("s", 9))).body["outputs"] == 9
+    with pytest.raises(ProtocolError, match="lacks 'from'/'cursor'/'items'"):
+        frames.parse_server_frame(json.dumps({"type": "output", "from": 0, "cursor": 1}))

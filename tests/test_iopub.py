@@ -515,3 +515,25 @@ def test_each_output_type_round_trips_through_the_tables(msg_type):
     content = OUTPUT_SAMPLES[msg_type]
     records = records_from_iopub(msg_type, content, jupyter=True)
     assert [iopub_from_record(record) for record in records] == [(msg_type, content)]
+
+
+def test_comm_messages_become_records_only_with_comms() -> None:
+    from remote_kernel.iopub import CommMessage, comm_from_record, records_from_message
+
+    msg = {
+        "header": {"msg_type": "comm_open"},
+        "content": {"comm_id": "c", "target_name": "jupyter.widget", "data": {"state": {}}},
+        "metadata": {"version": "2.1.0"},
+        "buffers": [memoryview(b"\x00\x01")],
+    }
+    rec = records_from_message(msg, jupyter=True, comms=True)
+    assert rec == [["comm_open", {"content": msg["content"], "metadata": {"version": "2.1.0"},
+                                  "buffers": ["AAE="]}]]  # fmt: skip
+    assert records_from_message(msg, jupyter=True, comms=False) == []
+    assert records_from_message(msg, jupyter=False, comms=True) == []
+    assert comm_from_record(rec[0]) == CommMessage(
+        "comm_open", msg["content"], {"version": "2.1.0"}, [b"\x00\x01"]
+    )
+    assert comm_from_record(["comm_msg", {"content": {}, "buffers": ["!!"]}]) is None
+    assert comm_from_record(["comm_msg", {"content": "x"}]) is None
+    assert comm_from_record(["stdout", "x"]) is None

@@ -42,23 +42,12 @@ KERNELS = {
     "remote": ("remote-python", "Python (remote)"),
 }
 
-# The widget checks with the remote kernel need the comms extension (issue 10): until it lands,
-# the proxy shows a widget's text form, so those three fail. Remove this mark when comms land.
-COMMS_PENDING = pytest.mark.xfail(reason="comms extension not landed yet", strict=True)
-
 BOTH = pytest.mark.parametrize(
     "notebook",
     [pytest.param("local", id="local"), pytest.param("remote", id="remote")],
     indirect=True,
     scope="module",
 )
-WIDGETS = pytest.mark.parametrize(
-    "notebook",
-    [pytest.param("local", id="local"), pytest.param("remote", id="remote", marks=COMMS_PENDING)],
-    indirect=True,
-    scope="module",
-)
-
 # The cells of each test notebook, by name; a test runs its own cells only.
 CELLS = {
     "slider": (
@@ -217,7 +206,7 @@ def _screenshot(request: pytest.FixtureRequest, lab: Lab) -> Iterator[None]:
             print(f"screenshot: {path}")
 
 
-@WIDGETS
+@BOTH
 def test_slider_renders_and_syncs_both_ways(notebook: Notebook) -> None:
     out = notebook.run("slider")
     handle = out.locator(".widget-slider .noUi-handle")
@@ -236,7 +225,7 @@ def test_slider_renders_and_syncs_both_ways(notebook: Notebook) -> None:
     expect(handle).to_have_attribute("aria-valuenow", re.compile(r"^7(\.0)?$"))
 
 
-@WIDGETS
+@BOTH
 def test_button_callback_prints_into_output_widget(notebook: Notebook) -> None:
     out = notebook.run("button")
     button = out.locator("button.widget-button", has_text="Click me")
@@ -248,7 +237,7 @@ def test_button_callback_prints_into_output_widget(notebook: Notebook) -> None:
     expect(captured).to_contain_text("clicked 2", timeout=RUN_TIMEOUT)
 
 
-@WIDGETS
+@BOTH
 def test_tqdm_auto_ends_at_100_percent(notebook: Notebook) -> None:
     out = notebook.run("tqdm")
     bar = out.locator(".widget-hbox", has=notebook.page.locator(".widget-hprogress"))

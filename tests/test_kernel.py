@@ -184,9 +184,12 @@ def test_silent_helper_code_never_hangs(kernel_name: str) -> None:
         assert time.monotonic() - started < 30
 
 
-def test_widget_views_are_shown_as_text_with_one_note(kernel_name: str) -> None:
+def test_widget_views_pass_through_as_a_local_kernel_sends_them(kernel_name: str) -> None:
+    """With comms (this server), a widget view is kept: the frontend renders the model that the
+    comm messages built (tests/test_comms.py; the text form without comms is tested there too)."""
+    view = {"model_id": "m1", "version_major": 2, "version_minor": 0}
     code = (
-        "view = {'model_id': 'm1', 'version_major': 2, 'version_minor': 0}\n"
+        f"view = {view!r}\n"
         "for i in range(2):\n"
         "    display({'application/vnd.jupyter.widget-view+json': view,\n"
         "             'text/plain': f'IntSlider(value={i})'}, raw=True)\n"
@@ -195,10 +198,11 @@ def test_widget_views_are_shown_as_text_with_one_note(kernel_name: str) -> None:
         reply, outputs = execute(kc, code)
     assert reply["status"] == "ok"
     shown = [m["content"]["data"] for m in outputs if m["msg_type"] == "display_data"]
-    assert shown == [{"text/plain": "IntSlider(value=0)"}, {"text/plain": "IntSlider(value=1)"}]
-    notes = _texts(outputs, "stderr")
-    assert notes.count("[remote_kernel]") == 1
-    assert "2 interactive widget(s) shown as text" in notes
+    assert shown == [
+        {"application/vnd.jupyter.widget-view+json": view, "text/plain": f"IntSlider(value={i})"}
+        for i in range(2)
+    ]
+    assert _texts(outputs, "stderr") == ""
 
 
 def test_signal_mode_interrupt(server: ServerProcess, tmp_path: Path) -> None:

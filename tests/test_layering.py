@@ -23,6 +23,7 @@ HEAVY = ("aiohttp", "zmq", "ipykernel", "jupyter_client", "tornado")
         ("remote_kernel.credentials", HEAVY),
         ("remote_kernel.proxy.replies", HEAVY),
         ("remote_kernel.proxy.history", HEAVY),
+        ("remote_kernel.server.outside", HEAVY),
         ("remote_kernel.client", ("remote_kernel.server", "ipykernel", "zmq")),
         ("remote_kernel.proxy.channel", ("remote_kernel.server", "ipykernel", "zmq")),
         ("remote_kernel.server.app", ("remote_kernel.proxy", "ipykernel")),

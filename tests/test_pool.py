@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from remote_kernel import protocol as p
 from remote_kernel.server.isolation import Isolation
 from remote_kernel.server.limits import Resources
 from remote_kernel.server.sessions import Session, SessionManager
@@ -25,15 +26,13 @@ MIB = 1024 * 1024
 
 
 async def run(session: Session, code: str) -> str:
-    out: list[str] = []
-
-    def hook(msg: dict[str, Any]) -> None:
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-
-    reply = await session.runner.kc.execute_interactive(code, output_hook=hook, timeout=30)
-    assert reply["content"]["status"] == "ok", reply["content"]
-    return "".join(out)
+    """Run ``code`` as a cell of the session (the server's own run path); its stdout."""
+    run_ = session.runner.run_for(p.ExecuteRequest("query", code, None, {"console": "jupyter"}))
+    assert run_.task is not None
+    await asyncio.wait_for(asyncio.shield(run_.task), 30)
+    assert run_.reply is not None and run_.reply["status"] == "ok", run_.reply
+    console = run_.take(0)["result"]["console"]
+    return "".join(str(data) for kind, data in console if kind == "stdout")
 
 
 async def until(predicate: Any, timeout: float = 30) -> None:

@@ -558,6 +558,7 @@ def test_api_version_and_features():
         "is-complete",
         "idempotent-runs",
         "push-channel",
+        "comms",
     )
     assert p.MODES == ("query", "continue", "input", "batch", "complete")
 

@@ -68,7 +68,7 @@ async def open_channel(app_client: Any, session_id: str) -> Channel:
     ws = await app_client.ws_connect(f"/stream/session/{session_id}/channel")
     channel = Channel(ws)
     hello = await channel.recv()
-    assert hello == {"type": "hello", "sessionId": session_id, "protocol": 1}
+    assert hello == {"type": "hello", "sessionId": session_id, "protocol": 1, "outputs": 0}
     return channel
 
 

@@ -4,7 +4,8 @@ The run loop is :class:`~remote_kernel.runloop.RunState` driven by a transport (
 or HTTP polling, which takes over if the channel is lost mid-run). Around it:
 
 * **output**: every record becomes an IOPub message (:func:`remote_kernel.iopub.iopub_from_record`),
-  widget views and unshowable records are counted and explained once, at the end;
+  comm records (extension ``comms``) comm messages with their buffers; without comms, widget
+  views and unshowable records are counted and explained once, at the end;
 * **stdin**: a prompt becomes an ``input_request`` (cancelled by an interrupt);
 * **the interrupt race**: an interrupt (Control thread, or SIGINT) is forwarded to the server,
   then the run is drained to its end; if it does not end within ``interrupt_grace`` the cell is
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 
 from .. import protocol as p
 from ..errors import RemoteKernelError, SessionNotFoundError
-from ..iopub import iopub_from_record, without_widget_views
+from ..iopub import CommMessage, comm_from_record, iopub_from_record, without_widget_views
 from ..protocol import RunResult
 from ..runloop import RunState, Update
 from . import replies
@@ -82,6 +83,7 @@ class CellHost(Protocol):
 
     def publish(self, msg_type: str, content: dict[str, Any]) -> None: ...
     def ask(self, prompt: str, password: bool) -> Awaitable[str]: ...
+    def publish_comm(self, comm: CommMessage) -> None: ...
     def remember(self, count: Any, code: str) -> None: ...
 
 
@@ -108,6 +110,7 @@ class CellRun:
     stderr: list[str] = field(default_factory=list)
     unshown: dict[str, int] = field(default_factory=dict)
     widgets: int = 0
+    comms: bool = False  # comm messages travel (the server offers ``comms``, the channel is up)
     stdin_refused: bool = False
     on_detach: Callable[[asyncio.Future[Any]], None] | None = None
 
@@ -193,6 +196,9 @@ class CellRun:
             client = session.client
             jupyter = client.has(p.FEATURE_JUPYTER_CONSOLE)
             options = {"console": p.CONSOLE_JUPYTER, **self.options} if jupyter else {}
+            self.comms = jupyter and session.comms
+            if self.comms:
+                options["comms"] = True
             self.state = state = RunState(
                 self.code, options, cursors=client.has(p.FEATURE_OUTPUT_CURSOR),
                 idempotent=client.has(p.FEATURE_IDEMPOTENT_RUNS),
@@ -268,6 +274,11 @@ class CellRun:
                 if self.stdin_refused:
                     continue  # the traceback of our own interrupt: the cell's error is ours
                 self.stderr.append(rec[1])
+            if self.comms and rec[0] in p.COMM_RECORD_TYPES:
+                comm = comm_from_record(rec)
+                if comm is not None:  # widget state: published even for a silent cell
+                    self.host.publish_comm(comm)
+                    continue
             msg = iopub_from_record(rec)
             if msg is None:
                 kind = str(rec[0])
@@ -275,7 +286,9 @@ class CellRun:
                 log.warning("cannot show a remote %r record: %.200r", kind, rec[1])
                 continue
             msg_type, content = msg
-            if msg_type in (p.DISPLAY_DATA, p.EXECUTE_RESULT, p.UPDATE_DISPLAY_DATA):
+            if not self.comms and msg_type in (
+                p.DISPLAY_DATA, p.EXECUTE_RESULT, p.UPDATE_DISPLAY_DATA
+            ):  # fmt: skip
                 content, dropped = without_widget_views(content)
                 self.widgets += dropped
             self.publish(msg_type, content)

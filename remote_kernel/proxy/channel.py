@@ -6,6 +6,11 @@ round trip after it was printed instead of waiting for the next poll. The connec
 the session, not to a cell: a reader task routes result frames to the run they name, and
 messages that belong to no run (session and kernel events) to ``on_event``.
 
+With ``comms``, the channel also forwards frontend comm messages (:meth:`ChannelTransport.forward`,
+answered when the server says the kernel is done with them) and hands what the kernel sends
+outside any run to ``on_output`` with its parent id, from the item it got to (a reconnect
+resumes there).
+
 When the connection drops, it is reopened (with backoff, for ``reconnect_budget`` seconds) and
 every run in flight is resumed from its cursor; an answer or interrupt not yet confirmed is sent
 again (the server ignores repeats). If it cannot be reopened, the runs get :class:`ChannelLost`
@@ -32,6 +37,8 @@ from ..runloop import RunState, Update
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[str, dict[str, Any]], None]
+#: ``(parent msg_id or None, record)`` of what the kernel sent outside any run.
+OutputHandler = Callable[[str | None, list[Any]], None]
 
 
 class ChannelLost(TransportError):
@@ -43,9 +50,7 @@ class _Follow:
     """A run in flight on the channel: its state and the frames routed to it."""
 
     state: RunState
-    inbox: asyncio.Queue[frames.ServerFrame | BaseException] = field(
-        default_factory=asyncio.Queue
-    )
+    inbox: asyncio.Queue[frames.ServerFrame | BaseException] = field(default_factory=asyncio.Queue)
     ack: dict[str, Any] | None = None  # sent when the kernel asks for the next update
 
 
@@ -60,12 +65,16 @@ class ChannelTransport:
         session_id: str,
         *,
         on_event: EventHandler | None = None,
+        on_output: OutputHandler | None = None,
         reconnect_budget: float = 3.0,
         accept_timeout: float = 5.0,
     ) -> None:
         self.client = client
         self.session_id = session_id
         self.on_event = on_event
+        self.on_output = on_output  # set: the client wants what belongs to no run (comms)
+        self.outputs_cursor: int | None = None  # the next outside item we want
+        self._shells: dict[str, tuple[frames.ShellMessage, asyncio.Future[dict[str, Any]]]] = {}
         self.reconnect_budget = reconnect_budget
         self.accept_timeout = accept_timeout
         self.broken: BaseException | None = None  # why the channel is given up
@@ -97,6 +106,13 @@ class ChannelTransport:
         self._ws = ws
         self.broken = None
         self._reader = asyncio.ensure_future(self._read(ws))
+        if self.on_output is not None:
+            if self.outputs_cursor is None:
+                outputs = hello.body.get("outputs")
+                self.outputs_cursor = outputs if isinstance(outputs, int) else 0
+            await self._send(frames.outputs(self.outputs_cursor))
+        for shell, _ in list(self._shells.values()):  # not known done: the server ignores repeats
+            await self._send(frames.shell(shell))
 
     @property
     def connected(self) -> bool:
@@ -143,12 +159,51 @@ class ChannelTransport:
                 _, waiter = self._interrupts.pop(str(body.get("interruptId")), ("", None))
                 if waiter is not None and not waiter.done():
                     waiter.set_result(bool(body.get("applied")))
+        elif frame.type == frames.OUTPUT:
+            self._take_outputs(body)
         elif frame.type == frames.EVENT:
             if self.on_event is not None:
                 data = body.get("data")
                 self.on_event(str(body.get("name")), data if isinstance(data, dict) else {})
         elif frame.type == frames.ERROR:
             log.warning("push channel error: %s", body.get("problem"))
+
+    def _take_outputs(self, body: dict[str, Any]) -> None:
+        """Hand out the items of an ``output`` frame not handed out before, in order."""
+        start, items = int(body["from"]), body["items"]
+        cursor = self.outputs_cursor or 0
+        if body.get("dropped"):
+            log.warning("%s output item(s) from outside any run were dropped by the server",
+                        body["dropped"])  # fmt: skip
+        for number, item in enumerate(items, start):
+            if number < cursor or not isinstance(item, dict):
+                continue
+            parent = item.get("parent")
+            parent = parent if isinstance(parent, str) else None
+            if "done" in item:
+                _, waiter = self._shells.pop(parent or "", (None, None))
+                done = item.get("done")
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(done if isinstance(done, dict) else {})
+            elif isinstance(item.get("record"), list) and self.on_output is not None:
+                try:
+                    self.on_output(parent, item["record"])
+                except Exception:
+                    log.exception("could not publish an output from outside any run")
+        self.outputs_cursor = max(cursor, start + len(items))
+
+    async def forward(self, msg: frames.ShellMessage) -> asyncio.Future[dict[str, Any]]:
+        """Send a frontend message to the kernel's shell; the future has its ``done`` (the
+        reply of a ``comm_info_request``) once the kernel is finished with it, or the error
+        that ended the channel."""
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        if self.broken is not None:
+            waiter.set_exception(ChannelLost(str(self.broken)))
+            return waiter
+        self._shells[msg.msg_id] = (msg, waiter)
+        if not await self._send(frames.shell(msg)):
+            self._start_reconnect()  # the reconnect sends what is not known done
+        return waiter
 
     def _start_reconnect(self) -> None:
         if self._reconnecting is None or self._reconnecting.done():
@@ -185,10 +240,12 @@ class ChannelTransport:
         self.broken = exc
         for follow in self._follows.values():
             follow.inbox.put_nowait(exc)
-        for _, waiter in self._interrupts.values():
+        waiters = [w for _, w in self._interrupts.values()] + [w for _, w in self._shells.values()]
+        for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(exc)
         self._interrupts.clear()
+        self._shells.clear()
 
     async def _send(self, frame: dict[str, Any]) -> bool:
         """Send if connected; a frame lost here is sent again after the reconnect."""

@@ -9,6 +9,11 @@ between the notebook's folder and the session), :mod:`~remote_kernel.proxy.stdin
 :mod:`~remote_kernel.proxy.replies` (reply shaping) and
 :class:`~remote_kernel.proxy.history.CellHistory`.
 
+Comms (extension ``comms``, over the push channel): the frontend's ``comm_open``, ``comm_msg``,
+``comm_close`` and ``comm_info_request`` are forwarded to the remote kernel's shell with their
+own ``msg_id``; what the remote kernel sends outside any cell (callback output, comm messages,
+late thread output) is published with the parent it names (:meth:`RemoteKernel._on_outside`).
+
 Threads (ipykernel 7, jupyter-kernel-notes §1.5): shell handlers (``do_execute``,
 ``do_complete``...) run on the main thread's asyncio loop, which owns the session, its client and
 its push channel; ``interrupt_request`` and ``do_shutdown`` run on the Control thread with its
@@ -25,6 +30,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from ipykernel.kernelbase import Kernel
@@ -40,7 +46,9 @@ from ..credentials import (
     origins_of,
     resolve_credentials,
 )
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, RemoteKernelError
+from ..frames import ShellMessage
+from ..iopub import CommMessage, comm_from_record, iopub_from_record
 from . import magics, replies, stdin
 from .cell import CellRun
 from .history import CellHistory
@@ -130,6 +138,12 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         help="Seconds a %remote transfer runs before it shows a progress display (updated in "
         "place, ending at 100 %).",
     ).tag(config=True)
+    comms = Bool(
+        True,
+        help="Carry Jupyter comms (ipywidgets, tqdm.auto bars, any comm target) between the "
+        "frontend and the remote kernel, when the server offers the 'comms' extension and the "
+        "push channel is up. Otherwise widgets show as their text form, with a note.",
+    ).tag(config=True)
     kernel_info_wait = Float(
         1.0,
         help="Seconds after the kernel started during which a kernel_info request waits for "
@@ -197,6 +211,14 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         self._drain_task: asyncio.Future[Any] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._started_at = time.monotonic()
+        #: Frontend requests by msg_id (bounded): the parents of output from outside any cell.
+        self._parents: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._comm_waits = 0  # forwarded comm messages the frontend waits on (not alongside a cell)
+        self._executing = 0  # execute_request handlers running (they hold the shell lock)
+        if self.comms:
+            self.remote.on_output = self._on_outside
+            for msg_type in ("comm_open", "comm_msg", "comm_close"):
+                self.shell_handlers[msg_type] = self._forward_comm
 
     # ipykernel increments execution_count before do_execute; the remote decides it instead.
     @property  # type: ignore[override]
@@ -334,6 +356,10 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         else:
             cell = CellRun(self, code, silent, store_history and not silent, allow_stdin, options)
         cell.on_detach = self._detached
+        parent = self.get_parent("shell")
+        if parent.get("header", {}).get("msg_id"):
+            self._remember(parent)  # the remote kernel runs the cell under the same msg_id
+            options["msg_id"] = parent["header"]["msg_id"]
         self._cell = cell
         on_main = threading.current_thread() is threading.main_thread()
         if on_main:
@@ -352,6 +378,128 @@ class RemoteKernel(IntrospectionMixin, Kernel):
     def _detached(self, work: asyncio.Future[Any]) -> None:
         self._drain_task = work
 
+    # -- comms (extension ``comms``) ---------------------------------------------------------------
+    async def execute_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        self._executing += 1  # set before the handler's first await: shell_main relies on it
+        try:
+            await super().execute_request(stream, ident, parent)
+        finally:
+            self._executing -= 1
+
+    async def shell_main(self, subshell_id: str | None, msg: Any) -> None:
+        """ipykernel 7 handles a comm message at once, with no busy/idle, whenever the shell
+        is held: right for a cell (a remote async cell may be waiting for a widget), wrong
+        when what holds it is a comm message of ours waiting for the remote kernel, since the
+        frontend then never learns that the next one ended. Those queue, in order."""
+        lock = self._main_asyncio_lock
+        if subshell_id is None and lock.locked() and not self._executing:
+            async with lock:
+                await self.dispatch_shell(msg, subshell_id=subshell_id)
+            return
+        await super().shell_main(subshell_id, msg)
+
+    def _remember(self, parent: dict[str, Any]) -> None:
+        self._parents[parent["header"]["msg_id"]] = parent
+        while len(self._parents) > 2048:
+            self._parents.popitem(last=False)
+
+    def publish_comm(self, comm: CommMessage, parent: dict[str, Any] | None = None) -> None:
+        """Publish a comm message of the remote kernel (its metadata and buffers kept)."""
+        self._send_iopub(comm.msg_type, comm.content, parent, comm.metadata, comm.buffers)
+
+    def _send_iopub(
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        parent: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        buffers: list[bytes] | None = None,
+    ) -> None:
+        assert self.session is not None
+        frames: list[bytes | memoryview[bytes]] | None = list(buffers) if buffers else None
+        self.session.send(
+            self.iopub_socket, msg_type, content,
+            parent=parent if parent is not None else self.get_parent("shell"),
+            metadata=metadata, buffers=frames, ident=self._topic(msg_type),
+        )  # fmt: skip
+
+    def _on_outside(self, parent_id: str | None, rec: list[Any]) -> None:
+        """Publish what the remote kernel sent outside any cell, under the frontend request it
+        names (a widget callback's output under the frontend's comm_msg, a thread's under its
+        cell's execute_request)."""
+        parent = self._parents.get(parent_id or "")
+        if parent is None:  # sent before this kernel knew the request (a re-attached session)
+            parent = {"header": {"msg_id": parent_id or "", "msg_type": "", "session": "",
+                                 "username": "", "date": "", "version": "5.3"}}  # fmt: skip
+        comm = comm_from_record(rec)
+        if comm is not None:
+            self.publish_comm(comm, parent)
+            return
+        msg = iopub_from_record(rec)
+        if msg is None:
+            self.log.warning("cannot show a remote %r record from outside a cell", rec[0])
+            return
+        self._send_iopub(msg[0], msg[1], parent)
+
+    async def _comm_channel(self) -> Any:
+        """The push channel when comms travel (waiting for the session's start), else None."""
+        task = self.remote.start()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.startup_timeout)
+        except (RemoteKernelError, asyncio.TimeoutError) as exc:
+            self.log.warning("comm message not forwarded: no remote session (%s)", exc)
+            return None
+        return self.remote.channel if self.remote.comms else None
+
+    async def _forward_shell(self, parent: dict[str, Any], wait: bool) -> dict[str, Any]:
+        """Forward a frontend message to the remote kernel's shell; with ``wait``, return
+        when the remote kernel is done with it (its ``done``: the reply, if it has one)."""
+        self._remember(parent)
+        channel = await self._comm_channel()
+        header = parent["header"]
+        if channel is None:
+            self.log.info(
+                "%s not forwarded: comms do not travel to this server", header["msg_type"]
+            )
+            return {}
+        msg = ShellMessage(
+            header["msg_id"], header["msg_type"], dict(parent.get("content") or {}),
+            dict(parent.get("metadata") or {}),
+            [bytes(memoryview(b)) for b in parent.get("buffers") or ()],
+        )  # fmt: skip
+        done = await channel.forward(msg)
+        if not wait:
+            return {}
+        self._comm_waits += 1
+        try:
+            return dict(await done)
+        except RemoteKernelError as exc:
+            self.log.warning(
+                "%s: the remote kernel did not confirm it: %s", header["msg_type"], exc
+            )
+            return {}
+        finally:
+            self._comm_waits -= 1
+
+    async def _forward_comm(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        """comm_open, comm_msg, comm_close. Alongside a running cell (ipykernel dispatches
+        comms at once then) it is only sent; otherwise the frontend's ``idle`` waits until the
+        remote kernel is done with it, so a callback's output (an ``Output`` widget capturing
+        by this msg_id) all reaches the frontend first."""
+        await self._forward_shell(parent, wait=self._cell is None)
+
+    async def comm_info_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        done = await self._forward_shell(parent, wait=True) if self.comms else {}
+        comms = done.get("comms") if done.get("status") == "ok" else None
+        content = {"status": "ok", "comms": comms if isinstance(comms, dict) else {}}
+        assert self.session is not None
+        self.session.send(stream, "comm_info_reply", content, parent, ident)
+
+    async def _interrupt_session(self) -> None:
+        """Interrupt the remote kernel (a comm callback the frontend waits on)."""
+        if self.remote.id is not None:
+            await self.remote.client.interrupt(self.remote.id, timeout=3)
+
     # -- interrupt (Control thread in message mode) ------------------------------------------------
     async def interrupt_request(self, stream: Any, ident: Any, parent: Any) -> None:
         cell, loop = self._cell, self._main_loop
@@ -364,6 +512,12 @@ class RemoteKernel(IntrospectionMixin, Kernel):
             # forwarded first, so an interrupted prompt never answers before the interrupt lands
             loop.call_soon_threadsafe(cell.forwarded.set)
             loop.call_soon_threadsafe(cell.interrupted.set)
+        elif self._comm_waits and loop is not None:  # a comm callback that does not end
+            forwarding = asyncio.run_coroutine_threadsafe(self._interrupt_session(), loop)
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(forwarding), 10)
+            except Exception as exc:
+                self.log.warning("could not forward the interrupt: %s", exc)
         assert self.session is not None
         self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
 

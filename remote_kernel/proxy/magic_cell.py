@@ -27,6 +27,7 @@ from typing import Any
 
 from .. import protocol as p
 from ..errors import RemoteKernelError, SessionNotFoundError
+from ..iopub import CommMessage
 from . import replies
 from .cell import NEW_SESSION_NOTE, SESSION_FAILED, SESSION_LOST, CellRun
 from .commands import MagicHost, RemoteCommands
@@ -60,6 +61,9 @@ class _ChunkHost:
 
     def ask(self, prompt: str, password: bool) -> Awaitable[str]:
         return self.host.ask(prompt, password)
+
+    def publish_comm(self, comm: CommMessage) -> None:
+        self.host.publish_comm(comm)
 
     def remember(self, count: Any, code: str) -> None:
         if self._publish:

@@ -21,7 +21,7 @@ from typing import Any
 from .. import protocol as p
 from ..client import RunLoopClient
 from ..errors import NotFoundError, RemoteKernelError, SessionNotFoundError
-from .channel import ChannelTransport
+from .channel import ChannelTransport, OutputHandler
 from .transports import PollingTransport, RunTransport
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class RemoteSession:
         self.after_create: Callable[[str], Awaitable[None]] | None = None
         self.started_at = time.monotonic()  # when the current creation began
         self.notes: list[str] = []  # stderr notes for the next cell (e.g. a failed start sync)
+        #: Set: comms are wanted; gets what the kernel sends outside any run (with its parent).
+        self.on_output: OutputHandler | None = None
 
     @property
     def client(self) -> RunLoopClient:
@@ -116,13 +118,22 @@ class RemoteSession:
     async def _open_channel(self, session_id: str) -> None:
         if self.spec.transport == "polling" or not self.client.has(p.FEATURE_PUSH_CHANNEL):
             return
-        channel = ChannelTransport(self.client, session_id, on_event=self._on_event)
+        on_output = self.on_output if self.client.has(p.FEATURE_COMMS) else None
+        channel = ChannelTransport(
+            self.client, session_id, on_event=self._on_event, on_output=on_output
+        )
         try:
             await channel.open()
         except RemoteKernelError as exc:
             log.warning("push channel unavailable (%s); polling over HTTP instead", exc)
             return
         self.channel = channel
+
+    @property
+    def comms(self) -> bool:
+        """Comm messages travel both ways: wanted, offered, and the push channel is up."""
+        channel = self.channel
+        return channel is not None and channel.on_output is not None and channel.broken is None
 
     def _on_event(self, name: str, data: dict[str, Any]) -> None:
         log.info("session event %s %s", name, data)

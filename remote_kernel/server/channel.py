@@ -5,6 +5,11 @@
 :meth:`~remote_kernel.server.runs.Run.follow` from the cursor the client names, so a client
 that reconnects sends ``run`` again with its cursor and misses or repeats nothing. A closed
 channel never interrupts a run: the client is expected back.
+
+With ``comms``, the channel also carries frontend comm messages to the kernel (``shell``
+frames, :meth:`~remote_kernel.server.runner.SessionRunner.forward`) and, from the item a client
+names (``outputs``), what the kernel sent outside any run
+(:class:`~remote_kernel.server.outside.OutsideLog`), in ``output`` frames.
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ from aiohttp import WSMsgType, web
 
 from .. import frames
 from .. import protocol as p
-from ..errors import InternalServerError, InvalidAPIParamsError, RemoteKernelError, ServerError
+from ..errors import (
+    InternalServerError,
+    InvalidAPIParamsError,
+    RemoteKernelError,
+    ServerError,
+    SessionNotFoundError,
+)
 from .appkeys import manager_key, settings_key
 from .events import Event, Subscription
 from .handlers import check_run_options, session_of
@@ -60,12 +71,13 @@ class _Channel:
         self.settings = settings
         self.events = events
         self.followers: dict[str, asyncio.Task[None]] = {}
+        self.outputs: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
 
     async def serve(self) -> None:
         forwarder = asyncio.ensure_future(self._forward_events())
         try:
-            await self.send(frames.hello(self.session.id))
+            await self.send(frames.hello(self.session.id, self.session.runner.outside.end))
             async for msg in self.ws:
                 if msg.type == WSMsgType.TEXT:
                     await self.handle(msg.data)
@@ -74,10 +86,12 @@ class _Channel:
                 else:
                     break
         finally:
-            forwarder.cancel()
-            for task in self.followers.values():
+            tasks = [forwarder, *self.followers.values()]
+            if self.outputs is not None:
+                tasks.append(self.outputs)
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(forwarder, *self.followers.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def send(self, frame: dict[str, Any]) -> None:
         if self.ws.closed:
@@ -99,12 +113,21 @@ class _Channel:
             frame = _parse(text)
             run_id = frame.run_id
             _check_strings(frame)
+            if self.session.destroyed:  # the channel outlives it only until it closes
+                raise SessionNotFoundError(f"No such session: {self.session.id!r}.")
             self.session.touch()
             if frame.type == frames.RUN:
                 self._follow(frame)
             elif frame.type == frames.INPUT:
                 applied = self._run(frame.run_id).give_input(frame.text, frame.seq)
                 await self.send(frames.accepted(frame.type, run_id, applied, seq=frame.seq))
+            elif frame.type == frames.SHELL:
+                self._forward(frame)
+            elif frame.type == frames.OUTPUTS:
+                self._require_comms()
+                if self.outputs is not None:
+                    self.outputs.cancel()
+                self.outputs = asyncio.ensure_future(self._push_outputs(frame.cursor))
             elif frame.type == frames.INTERRUPT:
                 applied = await self.session.runner.interrupt(run_id, frame.interrupt_id)
                 await self.send(
@@ -116,6 +139,27 @@ class _Channel:
                     run.log.ack(frame.cursor)
         except RemoteKernelError as exc:
             await self.send(frames.error(_problem_of(exc), run_id))
+
+    def _require_comms(self) -> None:
+        if not self.settings.offers(p.FEATURE_COMMS):
+            raise InvalidAPIParamsError("This server does not offer the 'comms' extension.")
+
+    def _forward(self, frame: frames.ClientFrame) -> None:
+        self._require_comms()
+        msg = frame.shell
+        assert msg is not None
+        self.session.runner.forward(
+            msg.msg_id, msg.msg_type, msg.content, msg.metadata, msg.buffers
+        )
+
+    async def _push_outputs(self, cursor: int) -> None:
+        """Push what the kernel sent outside any run, from item ``cursor`` on, as it comes."""
+        outside = self.session.runner.outside
+        while True:
+            await outside.wait_past(cursor)
+            items, first, dropped = outside.read(cursor)
+            await self.send(frames.output(items, first, dropped))
+            cursor = first + len(items)
 
     def _run(self, run_id: str) -> Run:
         run = self.session.runner.runs.get(run_id)
@@ -166,6 +210,9 @@ def _check_strings(frame: frames.ClientFrame) -> None:
     """Every string of the frame is valid Unicode, as in a request body (``read_json``)."""
     fields = {"runId": frame.run_id, "code": frame.code, "options": frame.options,
               "text": frame.text, "interruptId": frame.interrupt_id}  # fmt: skip
+    if frame.shell is not None:
+        fields.update(msgId=frame.shell.msg_id, content=frame.shell.content,
+                      metadata=frame.shell.metadata)  # fmt: skip
     p.check_json_text(fields, "The channel frame")
 
 

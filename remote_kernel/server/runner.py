@@ -1,11 +1,14 @@
 """``SessionRunner``: one compute session's Jupyter kernel, driven with jupyter_client.
 
 The kernel is started through ``AsyncKernelManager`` (so the kernelspec's provisioner decides
-where it runs), cells run with ``execute_interactive``, and every IOPub message becomes console
-records of the current :class:`~remote_kernel.server.runs.Run` via :mod:`remote_kernel.iopub`.
-Shell requests (execute, complete, inspect, is_complete) go through one lock, because
-jupyter_client's reply readers would otherwise take each other's replies; a batch run
-(:mod:`~remote_kernel.server.batch`) takes the same lock, so runs of either kind queue in order.
+where it runs). Its channels are read by :class:`~remote_kernel.server.kernel_io.KernelIO`, which
+routes every message by its parent: a cell's IOPub messages become console records of its
+:class:`~remote_kernel.server.runs.Run` via :mod:`remote_kernel.iopub`; what belongs to no run
+(widget callbacks, late thread output, comm messages) goes to the session's
+:class:`~remote_kernel.server.outside.OutsideLog`, with its parent id. Frontend comm messages
+(extension ``comms``) are sent to the kernel's shell as they come, with the frontend's ids.
+Cells, batch runs and the other shell requests (complete, inspect, is_complete) queue on one
+lock, so runs of either kind run in order and a busy kernel is not sent requests it cannot answer.
 The kernel process's own output goes to a :class:`~remote_kernel.server.kernel_log.KernelLog`.
 """
 
@@ -25,19 +28,29 @@ from jupyter_client.manager import AsyncKernelManager
 
 from .. import protocol as p
 from ..errors import InternalServerError, InvalidAPIParamsError
-from ..iopub import records_from_iopub
+from ..iopub import records_from_message
 from ..protocol import ExecuteRequest
 from .batch import BatchRunner
 from .isolation import SessionIsolation, no_isolation
+from .kernel_io import KernelGone, KernelIO, Request
 from .kernel_log import KernelLog
 from .kernel_streams import bound_stream_messages
 from .limits import Resources
+from .outside import OutsideLog
 from .runs import Run, RunTable
 
 log = logging.getLogger("remote_kernel.server")
 
 #: How often a run checks that its kernel is still alive.
 ALIVE_CHECK_INTERVAL = 1.0
+#: Ids of forwarded frontend messages remembered per session (a repeat is not sent twice).
+REMEMBER_FORWARDED = 4096
+#: Shell requests (other than a cell) and the messages the proxy forwards, by Jupyter type.
+_SHELL_REQUESTS = {
+    "complete": "complete_request",
+    "inspect": "inspect_request",
+    "is_complete": "is_complete_request",
+}
 
 
 class SessionRunner:
@@ -67,6 +80,9 @@ class SessionRunner:
         self.km = kernel_manager_class(kernel_name=kernel_name)
         self.isolation = isolation or no_isolation(work_dir)
         self.kc: Any = None
+        self.io: KernelIO | None = None
+        self.outside = OutsideLog()
+        self._forwarded: dict[str, None] = {}  # ids of frontend messages sent (oldest first)
         self.kernel_info: dict[str, Any] = {}
         self.runs = RunTable()
         self.current: Run | None = None
@@ -98,9 +114,7 @@ class SessionRunner:
 
     async def _discard_kernel(self) -> None:
         """Stop a kernel that failed to start and forget its ports and connection file."""
-        if self.kc is not None:
-            self.kc.stop_channels()
-            self.kc = None
+        await self._close_channels("the kernel did not start")
         with contextlib.suppress(Exception):  # restart=True: the ZMQ context stays usable
             await self.km.shutdown_kernel(now=True, restart=True)
         self.km.cleanup_connection_file()
@@ -138,11 +152,16 @@ class SessionRunner:
         self.environ = dict(environ)
         code = f"import os as _rk_os; _rk_os.environ.update({environ!r}); del _rk_os"
         async with self._shell_lock:
-            reply = await self.kc.execute_interactive(
-                code, silent=True, store_history=False, timeout=self.request_timeout,
-                output_hook=lambda msg: None,
-            )  # fmt: skip
-        if reply["content"].get("status") != "ok":
+            assert self.io is not None
+            request = self.io.send("execute_request", {
+                "code": code, "silent": True, "store_history": False, "user_expressions": {},
+                "allow_stdin": False, "stop_on_error": True,
+            })  # fmt: skip
+            try:
+                reply = await asyncio.wait_for(request.done(), self.request_timeout)
+            except (asyncio.TimeoutError, KernelGone):
+                reply = {}
+        if reply.get("content", {}).get("status") != "ok":
             raise InternalServerError("Could not set the session's environment in its kernel.")
 
     @property
@@ -177,14 +196,24 @@ class SessionRunner:
                 + (f" Its last output:\n{tail}" if tail else "")
             ) from exc
         await bound_stream_messages(self.kc, self.kernel_info)  # kernel_streams.py
+        self.io = KernelIO(self.kc, self._on_unrouted, self._stray_input)
+        self.io.start()
+
+    async def _close_channels(self, reason: str) -> None:
+        """Stop routing (requests in flight fail) and close the kernel client's channels."""
+        io, self.io = self.io, None
+        if io is not None:
+            await io.stop(reason)
+        if self.kc is not None:
+            self.kc.stop_channels()
+            self.kc = None
 
     async def restart(self) -> None:
         """Restart the kernel: state is cleared, files in the work dir stay."""
         self._end_current("The session was restarted; this run was stopped.\n")
         self.batch.signal(signal.SIGKILL)
         async with self._shell_lock:
-            if self.kc is not None:
-                self.kc.stop_channels()
+            await self._close_channels("the session was restarted")
             await self.km.restart_kernel(now=True)
             await self._connect()
 
@@ -192,8 +221,7 @@ class SessionRunner:
         """Stop the kernel and end any run (bounded; kills if the kernel does not stop)."""
         self._end_current("The session was destroyed; this run was stopped.\n")
         self.batch.signal(signal.SIGKILL)
-        if self.kc is not None:
-            self.kc.stop_channels()
+        await self._close_channels("the session was destroyed")
         with contextlib.suppress(Exception):
             if await self.km.is_alive():
                 await self.km.shutdown_kernel(now=True)
@@ -265,6 +293,7 @@ class SessionRunner:
                 self._background.add(fut)
                 fut.add_done_callback(self._background.discard)
         run = Run(run_id, jupyter=req.jupyter_console, max_bytes=self.max_run_bytes)
+        run.comms = run.jupyter and req.options.get("comms") is True
         self.runs.add(run)
         self.current = run
         self.num_queries += 1
@@ -281,19 +310,24 @@ class SessionRunner:
                 if run.status == p.FINISHED:  # ended while queued (restart, destroy)
                     return
                 self.isolation.new_oom_kill()  # what happened before this cell is not its doing
-                work = asyncio.ensure_future(
-                    self.kc.execute_interactive(
-                        req.code,
-                        silent=bool(opts.get("silent", False)),
-                        store_history=bool(opts.get("store_history", True)),
-                        user_expressions=opts.get("user_expressions") or {},
-                        allow_stdin=bool(opts.get("allow_stdin", True)),
-                        stop_on_error=bool(opts.get("stop_on_error", True)),
-                        output_hook=lambda msg: self._on_iopub(run, msg),
-                        stdin_hook=lambda msg: self._on_stdin(run, msg),
-                    )
+                if self.io is None:
+                    raise KernelGone("the kernel is not running")
+                msg_id = opts.get("msg_id")  # the frontend's, so ids in kernel state match
+                request = self.io.send(
+                    "execute_request",
+                    {
+                        "code": req.code,
+                        "silent": bool(opts.get("silent", False)),
+                        "store_history": bool(opts.get("store_history", True)),
+                        "user_expressions": opts.get("user_expressions") or {},
+                        "allow_stdin": bool(opts.get("allow_stdin", True)),
+                        "stop_on_error": bool(opts.get("stop_on_error", True)),
+                    },
+                    msg_id=msg_id if isinstance(msg_id, str) else None,
+                    on_iopub=lambda msg: self._on_iopub(run, msg),
+                    on_stdin=lambda msg: self._on_stdin(run, msg),
                 )
-                reply = await self._until_done_or_dead(work)
+                reply = await self._until_done_or_dead(asyncio.ensure_future(request.done()))
             if reply is None:
                 if self.isolation.new_oom_kill():
                     run.fail("MemoryError", self.isolation.oom_message())
@@ -308,6 +342,8 @@ class SessionRunner:
         except asyncio.CancelledError:
             run.finish(1, run.error_reply("SessionEnded", "The run was stopped."))
             raise
+        except KernelGone as exc:  # restarted or destroyed under the run (which says so)
+            run.fail("SessionEnded", f"The run was stopped: {exc}.")
         except Exception as exc:  # never leave a run unfinished
             log.exception("run %s failed", run.run_id)
             message = f"The server could not run this cell: {type(exc).__name__}: {exc}"
@@ -328,15 +364,80 @@ class SessionRunner:
     async def _recover_dead_kernel(self) -> None:
         with contextlib.suppress(Exception):
             async with self._shell_lock:
-                if self.kc is not None:
-                    self.kc.stop_channels()
+                await self._close_channels("the kernel died")
                 await self.km.restart_kernel(now=True)
                 await self._connect()
 
     def _on_iopub(self, run: Run, msg: dict[str, Any]) -> None:
-        records = records_from_iopub(msg["msg_type"], msg.get("content", {}), jupyter=run.jupyter)
+        records = records_from_message(msg, jupyter=run.jupyter, comms=run.comms)
         if records and not run.abandoned:
             run.emit(records)
+
+    def _on_unrouted(self, msg: dict[str, Any]) -> None:
+        """IOPub output whose parent is no run in flight: kept, with its parent, for the
+        session's channel (comm messages included)."""
+        records = records_from_message(msg, jupyter=True, comms=True)
+        if records:
+            parent = (msg.get("parent_header") or {}).get("msg_id")
+            self.outside.add_records(parent if isinstance(parent, str) else None, records)
+
+    def _stray_input(self) -> None:
+        """``input()`` outside a run (a widget callback): nobody can answer; interrupt it."""
+        fut = asyncio.ensure_future(self._interrupt_quietly())
+        self._background.add(fut)
+        fut.add_done_callback(self._background.discard)
+
+    # -- frontend messages (extension ``comms``) -----------------------------------------------
+    def forward(
+        self,
+        msg_id: str,
+        msg_type: str,
+        content: dict[str, Any],
+        metadata: dict[str, Any],
+        buffers: list[bytes],
+    ) -> bool:
+        """Send a frontend comm message or ``comm_info_request`` to the kernel's shell now,
+        with the frontend's ``msg_id``. Its output, and then its end (``done``, with the reply
+        of a ``comm_info_request``), go to :attr:`outside` in kernel order. Returns False for a
+        repeat of an id already forwarded (a client's retry), which is not sent again.
+
+        The end is the kernel's ``idle`` after the message, so a callback's output is all
+        delivered before it. A message that the kernel handles alongside something else (a
+        running cell: ipykernel 7 dispatches comms at once then, with no status) ends as soon
+        as it is sent; its output still follows, with its parent.
+        """
+        if msg_id in self._forwarded:
+            return False
+        self._forwarded[msg_id] = None
+        while len(self._forwarded) > REMEMBER_FORWARDED:
+            del self._forwarded[next(iter(self._forwarded))]
+        if self.io is None:
+            self.outside.add_done(msg_id, _not_running(msg_type))
+            return True
+        alongside = self.busy or self.io.in_flight
+        request = self.io.send(msg_type, content, msg_id=msg_id, metadata=metadata, buffers=buffers)
+        if alongside and not msg_type.endswith("_request"):
+            self.io.forget(request)  # its output is unrouted (outside) anyway; no idle comes
+            self.outside.add_done(msg_id)
+            return True
+        fut = asyncio.ensure_future(self._end_forwarded(request, msg_id))
+        self._background.add(fut)
+        fut.add_done_callback(self._background.discard)
+        return True
+
+    async def _end_forwarded(self, request: Request, msg_id: str) -> None:
+        reply: dict[str, Any] = {}
+        try:
+            if request.msg_type.endswith("_request"):
+                msg = await asyncio.wait_for(request.reply, self.request_timeout)
+                reply = dict(msg.get("content", {}))
+            else:
+                await request.idle
+        except (asyncio.TimeoutError, KernelGone) as exc:
+            if self.io is not None:
+                self.io.forget(request)
+            reply = _not_running(request.msg_type, str(exc) or "no answer in time")
+        self.outside.add_done(msg_id, reply)
 
     async def _on_stdin(self, run: Run, msg: dict[str, Any]) -> None:
         if msg.get("msg_type") != "input_request":
@@ -346,8 +447,8 @@ class SessionRunner:
             await self._interrupt_quietly()
             return
         value = await run.ask_input(str(content.get("prompt", "")), bool(content.get("password")))
-        if value is not None:
-            self.kc.input(value)
+        if value is not None and self.io is not None:
+            self.io.answer_input(value)
 
     async def interrupt(self, run_id: str | None = None, interrupt_id: str | None = None) -> bool:
         """Interrupt the kernel (or a batch step's command); a run waiting for input stops
@@ -392,35 +493,41 @@ class SessionRunner:
             raise
 
     # -- other shell requests -----------------------------------------------------------------
-    async def _shell_request(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+    async def _shell_request(self, method: str, **content: Any) -> dict[str, Any] | None:
         """Send one shell request and return its reply content; None if the kernel is busy."""
         try:
             await asyncio.wait_for(self._shell_lock.acquire(), self.request_timeout)
         except asyncio.TimeoutError:
             return None
+        request = None
         try:
-            reply = await getattr(self.kc, method)(
-                *args, reply=True, timeout=self.request_timeout, **kwargs
-            )
+            if self.io is None:
+                return None
+            request = self.io.send(_SHELL_REQUESTS[method], content)
+            reply = await asyncio.wait_for(request.reply, self.request_timeout)
             return dict(reply["content"])
-        except (TimeoutError, asyncio.TimeoutError):
+        except (asyncio.TimeoutError, KernelGone):
+            if request is not None and self.io is not None:
+                self.io.forget(request)
             return None
         finally:
             self._shell_lock.release()
 
     async def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
-        content = await self._shell_request("complete", code, cursor_pos)
+        content = await self._shell_request("complete", code=code, cursor_pos=cursor_pos)
         if content is None:
             content = {"status": "ok", "matches": [], "cursor_start": cursor_pos,
                        "cursor_end": cursor_pos, "metadata": {}}  # fmt: skip
         return content
 
     async def inspect(self, code: str, cursor_pos: int, detail_level: int) -> dict[str, Any]:
-        content = await self._shell_request("inspect", code, cursor_pos, detail_level)
+        content = await self._shell_request(
+            "inspect", code=code, cursor_pos=cursor_pos, detail_level=detail_level
+        )
         return content or {"status": "ok", "found": False, "data": {}, "metadata": {}}
 
     async def is_complete(self, code: str) -> dict[str, Any]:
-        content = await self._shell_request("is_complete", code)
+        content = await self._shell_request("is_complete", code=code)
         return content or {"status": "unknown"}
 
 
@@ -432,6 +539,11 @@ def session_env(environ: dict[str, str]) -> dict[str, str]:
     bindir = os.path.dirname(sys.executable)
     env["PATH"] = os.pathsep.join([bindir, env.get("PATH", os.defpath)])
     return env
+
+
+def _not_running(msg_type: str, why: str = "the kernel is not running") -> dict[str, Any]:
+    """The ``done`` of a forwarded message the kernel never finished."""
+    return {"status": "error", "ename": "KernelGone", "evalue": f"{msg_type} not handled: {why}"}
 
 
 def _exit_code(content: dict[str, Any]) -> int:

@@ -37,6 +37,7 @@ class Run:
     def __init__(self, run_id: str, *, jupyter: bool, max_bytes: int) -> None:
         self.run_id = run_id
         self.jupyter = jupyter
+        self.comms = False  # comm messages of the run are records too (extension ``comms``)
         self.log = RecordLog(max_bytes)
         self.status = RUNNING
         self.exit_code: int | None = None

@@ -53,6 +53,7 @@ class Session:
     mounts: dict[str, Path] = field(default_factory=dict)  # link in work dir -> folder
     created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     last_used: float = field(default_factory=time.monotonic)
+    destroyed: bool = False  # being destroyed or gone: a channel still open refuses new work
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
@@ -427,6 +428,7 @@ class SessionManager:
         """Stop the kernel and delete the session's work directory (mounted folders stay)."""
         if self._by_id.pop(session.id, None) is None:
             return
+        session.destroyed = True
         self._publish("session_terminating", session, reason)
         await session.runner.shutdown()
         for dest in session.mounts:  # unlink first: rmtree never follows links, but be explicit
