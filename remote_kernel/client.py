@@ -41,6 +41,8 @@ class ServerInfo:
     manager: str = ""
     extension_version: str | None = None
     features: frozenset[str] = frozenset()
+    #: Seconds a leased session outlives its client (``leases``); 0: no orphan reaping.
+    orphan_timeout: float = 0.0
 
     def has(self, feature: str) -> bool:
         return feature in self.features
@@ -122,8 +124,12 @@ class RunLoopClient(SignedHTTP):
             if isinstance(raw, list):
                 features = frozenset(str(f) for f in raw)
             ext_version = str(ext.get("version")) if ext.get("version") else None
+        orphan = ext.get("orphanTimeout") if isinstance(ext, dict) else None
         version = str(body.get("version") or p.API_VERSION)
-        self._server = ServerInfo(version, str(body.get("manager") or ""), ext_version, features)
+        self._server = ServerInfo(
+            version, str(body.get("manager") or ""), ext_version, features,
+            float(orphan) if isinstance(orphan, int | float) and orphan > 0 else 0.0,
+        )  # fmt: skip
         if not self._pinned_version:
             self.api_version = negotiate_version(version)
         return self._server

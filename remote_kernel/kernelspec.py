@@ -152,6 +152,7 @@ def make_kernel_cmd(
     extra_arguments: list[str] | None = None,
     *,
     sync_on_start: bool = False,
+    reattach: bool = False,
 ) -> list[str]:
     """The kernel's ``argv``: an absolute interpreter, ``-m remote_kernel -f {connection_file}``
     and one ``--RemoteKernel.<trait>=value`` flag per given setting."""
@@ -164,6 +165,8 @@ def make_kernel_cmd(
         argv.append(f"--RemoteKernel.resources={json.dumps(resources, sort_keys=True)}")
     if sync_on_start:
         argv.append("--RemoteKernel.sync_on_start=True")
+    if reattach:
+        argv.append("--RemoteKernel.reattach=True")
     return [*argv, *(extra_arguments or [])]
 
 
@@ -177,6 +180,7 @@ def get_kernel_dict(
     extra_arguments: list[str] | None = None,
     *,
     sync_on_start: bool = False,
+    reattach: bool = False,
 ) -> dict[str, Any]:
     """The content of ``kernel.json``. Never contains a secret.
 
@@ -190,9 +194,17 @@ def get_kernel_dict(
     }
     if sync_on_start:
         ours["sync_on_start"] = True
+    if reattach:
+        ours["reattach"] = True
     return {
         "argv": make_kernel_cmd(
-            executable, endpoint, image, resources, extra_arguments, sync_on_start=sync_on_start
+            executable,
+            endpoint,
+            image,
+            resources,
+            extra_arguments,
+            sync_on_start=sync_on_start,
+            reattach=reattach,
         ),
         "display_name": display_name or default_display_name(image),
         "language": language_from_image(image),

@@ -114,6 +114,11 @@ remote-kernel install --name=remote-synced --sync-on-start
         help="Send the notebook's folder (new and changed files, as `%remote sync`) to each new "
         "session before its first cell runs.",
     ).tag(config=True)
+    reattach = Bool(
+        False,
+        help="Keep each notebook's remote session when the kernel process dies or is "
+        "restarted by jupyter_server, and re-attach to it (RemoteKernel.reattach).",
+    ).tag(config=True)
     user = Bool(True, help="Install for the current user (the default).").tag(config=True)
     sys_prefix = Bool(False, help=f"Install into this environment ({sys.prefix}).").tag(config=True)
     prefix = Unicode(
@@ -139,6 +144,10 @@ remote-kernel install --name=remote-synced --sync-on-start
         "sync-on-start": (
             {"InstallKernelSpecApp": {"sync_on_start": True}},
             "Send the notebook's folder to each new session before its first cell runs.",
+        ),
+        "reattach": (
+            {"InstallKernelSpecApp": {"reattach": True}},
+            "Re-attach a notebook to its remote session after the kernel process died.",
         ),
     }
 
@@ -194,6 +203,7 @@ remote-kernel install --name=remote-synced --sync-on-start
                 display_name=self.display_name or None,
                 env=env,
                 sync_on_start=self.sync_on_start,
+                reattach=self.reattach,
             )
             note = self._save_keypair(endpoint)
         except ConfigurationError as exc:
@@ -207,6 +217,8 @@ remote-kernel install --name=remote-synced --sync-on-start
         print(f"  endpoint: {endpoint or '$BACKEND_ENDPOINT at kernel start'}")
         if self.sync_on_start:
             print("  sync on start: the notebook's folder goes to each new session")
+        if self.reattach:
+            print("  re-attach: a notebook finds its remote session again after a kernel crash")
         print(note)
         data_dir = os.path.join(prefix or "", "share", "jupyter")
         searched = os.environ.get("JUPYTER_PATH", "").split(os.pathsep)

@@ -41,6 +41,9 @@ FEATURE_IDEMPOTENT_RUNS = "idempotent-runs"
 FEATURE_PUSH_CHANNEL = "push-channel"
 #: Jupyter comms both ways, over the push channel (docs/protocol.md, "Comms").
 FEATURE_COMMS = "comms"
+#: ``config.lease`` on create: the session is destroyed when its client is gone
+#: ``orphanTimeout`` s (``GET /``); any request naming it, or its open channel, renews it.
+FEATURE_LEASES = "leases"
 FEATURES = (
     FEATURE_JUPYTER_CONSOLE,
     FEATURE_OUTPUT_CURSOR,
@@ -50,6 +53,7 @@ FEATURES = (
     FEATURE_IDEMPOTENT_RUNS,
     FEATURE_PUSH_CHANNEL,
     FEATURE_COMMS,
+    FEATURE_LEASES,
 )
 CONSOLE_JUPYTER = "jupyter"
 

@@ -139,6 +139,31 @@ def start_server(tmp: Path, *args: str, keys: int = 1, timeout: float = 60) -> S
     )
 
 
+def restart_server(old: ServerProcess, *args: str, timeout: float = 60) -> ServerProcess:
+    """Start a server again on ``old``'s state directory, port and keypairs (``old`` is gone,
+    e.g. killed); wait until it listens."""
+    port = old.endpoint.rsplit(":", 1)[1]
+    log_path = old.log_path.with_name(f"{old.log_path.stem}-again.log")
+    log = open(log_path, "w")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "remote_kernel", "serve", "--ip", "127.0.0.1", "--port", port,
+         "--state-dir", str(old.state_dir), *args],
+        stdout=subprocess.PIPE, stderr=log, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if old.endpoint in line:
+            return ServerProcess(old.endpoint, old.access_key, old.secret_key, old.state_dir,
+                                 proc, log_path, old.extra_keys, sandbox=old.sandbox)  # fmt: skip
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"server did not start again: {log_path.read_text()}")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A real server with extensions on and two keypairs (``extra_keys[0]`` is the second)."""

@@ -398,12 +398,16 @@ async def test_default_limits_half_the_memory_and_1024_processes(
     assert info["requestedSlots"] == {}
 
 
-async def test_a_killed_server_leaves_no_sandboxed_kernel(tmp_path: Path) -> None:
+async def test_a_killed_server_leaves_no_sandboxed_kernel_without_recovery(tmp_path: Path) -> None:
+    """With ``recover_sessions`` off, kernels die with a killed server (bwrap's
+    --die-with-parent); with it on (the default), tests/test_recovery.py re-adopts them."""
     import signal
 
     from .test_server_lifecycle import _descendants
 
-    srv = start_server(tmp_path, "--ServerApp.sandbox=bubblewrap")
+    srv = start_server(
+        tmp_path, "--ServerApp.sandbox=bubblewrap", "--ServerApp.recover_sessions=False"
+    )
     try:
         async with RawAPI(srv.endpoint, srv.access_key, srv.secret_key) as api:
             sid = await api.create("doomed")

@@ -221,9 +221,13 @@ def test_signal_mode_interrupt(server: ServerProcess, tmp_path: Path) -> None:
 
 # -- failures ---------------------------------------------------------------------------------
 def test_killing_the_server_mid_cell_ends_it_clearly(tmp_path: Path) -> None:
-    srv = start_server(tmp_path / "dying")
+    """A server that never comes back (tests/test_recovery.py: one that does)."""
+    srv = start_server(tmp_path / "dying", "--ServerApp.recover_sessions=False")
     try:
-        install_kernelspec("remote-python-dying", srv.env, prefix=tmp_path / "spec")
+        install_kernelspec(
+            "remote-python-dying", srv.env, prefix=tmp_path / "spec",
+            extra_argv=["--RemoteKernel.reconnect_timeout=2"],
+        )  # fmt: skip
         with running_kernel("remote-python-dying") as (km, kc):
             msg_id = kc.execute("import time\nprint('start', flush=True)\ntime.sleep(60)")
             _wait_for_text(kc, msg_id, "start")

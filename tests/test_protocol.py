@@ -559,6 +559,7 @@ def test_api_version_and_features():
         "idempotent-runs",
         "push-channel",
         "comms",
+        "leases",
     )
     assert p.MODES == ("query", "continue", "input", "batch", "complete")
 

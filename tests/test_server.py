@@ -29,7 +29,7 @@ async def test_version_probe_lists_extensions(api: RawAPI) -> None:
     assert body["version"] == "v9.20250722"
     assert body["remote_kernel"]["features"] == [
         "jupyter-console", "output-cursor", "kernel-info", "inspect", "is-complete",
-        "idempotent-runs", "push-channel", "comms",
+        "idempotent-runs", "push-channel", "comms", "leases",
     ]  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import protocol as p
-from ..errors import RemoteKernelError, SessionNotFoundError
+from ..errors import RemoteKernelError, SessionNotFoundError, TransportError
 from ..iopub import CommMessage, comm_from_record, iopub_from_record, without_widget_views
 from ..protocol import RunResult
 from ..runloop import RunState, Update
@@ -80,6 +80,7 @@ class CellHost(Protocol):
     remote: RemoteSession
     counter: replies.ExecutionCounter
     interrupt_grace: float
+    reconnect_timeout: float
 
     def publish(self, msg_type: str, content: dict[str, Any]) -> None: ...
     def ask(self, prompt: str, password: bool) -> Awaitable[str]: ...
@@ -112,6 +113,7 @@ class CellRun:
     widgets: int = 0
     comms: bool = False  # comm messages travel (the server offers ``comms``, the channel is up)
     stdin_refused: bool = False
+    lost_at: float | None = None  # when the server stopped answering mid-run (a restart?)
     on_detach: Callable[[asyncio.Future[Any]], None] | None = None
 
     # -- the race between the run and an interrupt -----------------------------------------------
@@ -252,6 +254,15 @@ class CellRun:
                 log.warning("push channel lost mid-run (%s); continuing over HTTP polling", exc)
                 self.transport = self.host.remote.polling()
                 continue
+            except TransportError as exc:
+                if not await self._ride_out(state, exc):
+                    raise
+                continue
+            if self.lost_at is not None:
+                took = time.monotonic() - self.lost_at
+                self.lost_at = None
+                text = f"[remote_kernel] The server answers again (after {took:.0f} s).\n"
+                self.publish("stream", {"name": "stderr", "text": text})
             prompt = self._publish_update(update, jupyter)
             if update.new_prompt:
                 text = await self._answer(update.result, prompt)
@@ -259,6 +270,31 @@ class CellRun:
             elif update.terminal:
                 self._note_unshown()
                 return update.result
+
+    async def _ride_out(self, state: RunState, exc: TransportError) -> bool:
+        """The server stopped answering mid-run (it may be restarting, and then re-adopts the
+        session and this run): ask again, with backoff, up to ``reconnect_timeout`` s. False:
+        give up (the error stands). A run the server might not know is asked again only when
+        the server treats a repeated query as the same run."""
+        timeout = self.host.reconnect_timeout
+        if timeout <= 0 or self.interrupted.is_set() or not (state.started or state.idempotent):
+            return False
+        now = time.monotonic()
+        if self.lost_at is None:
+            self.lost_at = now
+            text = (
+                f"[remote_kernel] Lost the server ({exc}); trying again for up to "
+                f"{timeout:g} s (a restarted server picks this cell up again)...\n"
+            )
+            self.publish("stream", {"name": "stderr", "text": text})
+        waited = now - self.lost_at
+        if waited >= timeout:
+            return False
+        try:  # an interrupt ends the wait
+            await asyncio.wait_for(self.interrupted.wait(), min(1.0, 0.2 + waited / 4))
+            return False
+        except asyncio.TimeoutError:
+            return True
 
     # -- output ------------------------------------------------------------------------------------
     def publish(self, msg_type: str, content: dict[str, Any]) -> None:

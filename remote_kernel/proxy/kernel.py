@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import sys
@@ -59,7 +60,14 @@ from .sync import SyncLedger
 if TYPE_CHECKING:
     from .magic_cell import MagicCell
 
-__all__ = ["RemoteKernel"]
+__all__ = ["RemoteKernel", "reattach_name"]
+
+
+def reattach_name(access_key: str, notebook: str) -> str:
+    """The session name of a notebook (``JPY_SESSION_NAME``) for a key: stable, so a kernel
+    started again finds its session; a digest, so the path never reaches the server."""
+    digest = hashlib.sha256(f"{access_key}\0{notebook}".encode()).hexdigest()
+    return f"rk-nb-{digest[:24]}"
 
 
 class RemoteKernel(IntrospectionMixin, Kernel):
@@ -152,6 +160,21 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         "what the kernel knows and the first cell shows the start's progress instead.",
     ).tag(config=True)
 
+    reattach = Bool(
+        False,
+        help="Keep the notebook's remote session when this kernel process dies without a "
+        "shutdown request (a crash, kill -9, a jupyter_server that was killed), and adopt it "
+        "again: the session is named after the notebook (JPY_SESSION_NAME, which "
+        "jupyter_server sets, and the access key), and a kernel that finds it alive re-attaches "
+        "with a note. An explicit shutdown or restart still ends it. Kernelspec option: "
+        "`remote-kernel install --reattach`.",
+    ).tag(config=True)
+    reconnect_timeout = Float(
+        60.0,
+        help="Seconds a running cell keeps trying to reach a server that went away (a restart "
+        "re-adopts its sessions) before it ends with an error.",
+    ).tag(config=True)
+
     @default("endpoint")
     def _endpoint_default(self) -> str:
         return self._credentials().endpoint
@@ -170,6 +193,9 @@ class RemoteKernel(IntrospectionMixin, Kernel):
 
     @default("session_name")
     def _session_name_default(self) -> str:
+        notebook = os.environ.get("JPY_SESSION_NAME")
+        if self.reattach and notebook and not os.environ.get("REMOTE_KERNEL_SESSION_NAME"):
+            return reattach_name(self.access_key, notebook)
         return os.environ.get("REMOTE_KERNEL_SESSION_NAME") or f"rk-{uuid.uuid4().hex[:16]}"
 
     _creds: Credentials | None = None
@@ -199,7 +225,7 @@ class RemoteKernel(IntrospectionMixin, Kernel):
                 image=self.image, name=self.session_name, resources=dict(self.resources),
                 environ={str(k): str(v) for k, v in self.environ.items()},
                 startup_timeout=self.startup_timeout, shutdown_timeout=self.shutdown_timeout,
-                transport=self.transport,
+                transport=self.transport, reattach=self.reattach,
             ),
             self._main_client,
         )  # fmt: skip

@@ -47,6 +47,7 @@ class _ChunkHost:
         self.remote: RemoteSession = cell.host.remote
         self.counter: replies.ExecutionCounter = cell.host.counter
         self.interrupt_grace: float = cell.host.interrupt_grace
+        self.reconnect_timeout: float = cell.host.reconnect_timeout
         self._publish = publish
         self.printed: list[str] = []
 

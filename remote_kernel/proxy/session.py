@@ -41,6 +41,7 @@ class SessionSpec:
     startup_timeout: float = 120.0
     shutdown_timeout: float = 2.0
     transport: str = "auto"  # "auto" | "channel" | "polling"
+    reattach: bool = False  # an existing session of this name is adopted, with a note
 
 
 class RemoteSession:
@@ -64,6 +65,7 @@ class RemoteSession:
         self.notes: list[str] = []  # stderr notes for the next cell (e.g. a failed start sync)
         #: Set: comms are wanted; gets what the kernel sends outside any run (with its parent).
         self.on_output: OutputHandler | None = None
+        self.leased = False  # the server destroys the session if we are gone (``leases``)
 
     @property
     def client(self) -> RunLoopClient:
@@ -91,6 +93,8 @@ class RemoteSession:
             max_wait=spec.startup_timeout,
         )  # fmt: skip
         self.id = ref.id
+        if not ref.created and spec.reattach:
+            await self._note_reattached(client, ref.id)
         self.generation += 1
         log.info("remote session %s (%s) on %s", ref.name, ref.id, client.endpoint)
         if self.shutting_down:
@@ -110,6 +114,24 @@ class RemoteSession:
             await self.after_create(ref.id)
         return ref.id
 
+    async def _note_reattached(self, client: RunLoopClient, session_id: str) -> None:
+        """The first cell says that it runs in a session that was already there."""
+        try:
+            info = await client.session_info(session_id, timeout=10)
+        except RemoteKernelError:
+            info = {}
+        started = str(info.get("creationTime") or "")[:19].replace("T", " ")
+        running = (
+            "A cell started earlier is still running in it; this cell runs after it."
+            if info.get("statusInfo") == "busy"
+            else "No cell is running in it."
+        )
+        since = f" (started {started} UTC)" if started else ""
+        self.notes.append(
+            f"[remote_kernel] Re-attached to the remote session {self.spec.name!r}{since}: "
+            f"its variables and imports are as they were. {running}\n"
+        )
+
     def take_notes(self) -> list[str]:
         """The notes left for the next cell (and forgets them)."""
         notes, self.notes = self.notes, []
@@ -128,6 +150,8 @@ class RemoteSession:
             log.warning("push channel unavailable (%s); polling over HTTP instead", exc)
             return
         self.channel = channel
+        # an open channel holds a lease on the session (``leases``): renew it while we live
+        self.leased = self.client.has(p.FEATURE_LEASES)
 
     @property
     def comms(self) -> bool:
@@ -169,11 +193,15 @@ class RemoteSession:
 
     # -- keep-alive and the end --------------------------------------------------------------------
     async def heartbeat_forever(self, interval: float, busy: Callable[[], bool]) -> None:
-        """Keep an idle session alive; notice early when it has vanished."""
+        """Keep an idle session alive and renew our lease (``leases``: also while a cell runs,
+        at least every third of the server's ``orphanTimeout``); notice early when it has
+        vanished."""
         while True:
-            await asyncio.sleep(interval)
+            server = self.client.server
+            orphan = server.orphan_timeout if server is not None and self.leased else 0.0
+            await asyncio.sleep(min(interval, orphan / 3) if orphan > 0 else interval)
             sid = self.id
-            if busy() or sid is None or self.shutting_down:
+            if sid is None or self.shutting_down or (busy() and not orphan):
                 continue
             try:
                 await self.client.session_info(sid, timeout=10)

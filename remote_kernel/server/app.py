@@ -62,6 +62,7 @@ def make_app(
     setup_routes(app, settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await manager.recover()  # what a killed server left: re-adopted or cleaned up
         manager.start_pool()
         reaper = asyncio.ensure_future(manager.reap_forever())
         yield
@@ -152,6 +153,27 @@ class ServerApp(Application):
         3600.0,
         help="Destroy a session unused for this many seconds (a session with a running cell is "
         f"never idle); 0 never does. Environment: {_env('idle_timeout')}.",
+    ).tag(config=True)
+    recover_sessions = Bool(
+        True,
+        help="Kernels outlive a server that is killed (kill -9, a crash), and the server "
+        "started again on the same state directory re-adopts them: same ids, names, owners "
+        "and work directories; a cell still running finishes and its reply reaches the "
+        "client. False: kernels die with the server. A server that stops normally (Ctrl-C, "
+        f"SIGTERM) always stops its sessions. Environment: {_env('recover_sessions')}.",
+    ).tag(config=True)
+    orphan_timeout = Float(
+        600.0,
+        help="Destroy a session whose client holds a lease (the remote_kernel proxy does) "
+        "and has been gone this many seconds: no request and no open channel, even with a "
+        "cell running or waiting for input. A re-attaching kernel has this long to come "
+        f"back. 0 never does. Environment: {_env('orphan_timeout')}.",
+    ).tag(config=True)
+    keep_work_dirs = Bool(
+        False,
+        help="Keep a destroyed session's work directory (under state_dir/sessions/<id>/work) "
+        "instead of removing it; also for sessions a killed server left behind. "
+        f"Environment: {_env('keep_work_dirs')}.",
     ).tag(config=True)
     kernel_start_timeout = Float(
         60.0,
@@ -305,6 +327,7 @@ class ServerApp(Application):
                 self.log.critical("%s", exc)
                 self.exit(2)
                 raise  # exit raises SystemExit; this keeps type checkers informed
+            self._isolation.outlive_server = self.recover_sessions
         return self._isolation
 
     def make_manager(self) -> SessionManager:
@@ -315,6 +338,9 @@ class ServerApp(Application):
             pool_images=tuple(self.pool_images),
             max_sessions_per_key=self.max_sessions_per_key,
             idle_timeout=self.idle_timeout,
+            recover_sessions=self.recover_sessions,
+            orphan_timeout=self.orphan_timeout,
+            keep_work_dirs=self.keep_work_dirs,
             vfolder_root=Path(self.vfolder_root or Path(self.state_dir) / "vfolders"),
             runner_options={
                 "start_timeout": self.kernel_start_timeout,
@@ -330,6 +356,7 @@ class ServerApp(Application):
             poll_hold=self.poll_hold,
             poll_coalesce=self.poll_coalesce,
             push_coalesce=self.push_coalesce,
+            orphan_timeout=self.orphan_timeout,
             debug=self.debug,
             max_request_bytes=self.max_request_bytes,
             max_upload_files=self.max_upload_files,

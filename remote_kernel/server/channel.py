@@ -49,9 +49,13 @@ async def push_channel(request: web.Request) -> web.WebSocketResponse:
         log.info("push channel opened for session %s", session.id)
         sub = Subscription(session.owner, session_id=session.id)
         manager.events.subscribe(sub)
+        session.channels += 1  # its client is there: no orphan
+        session.lease = True  # and holds a lease from now on (``leases``)
         try:
             await _Channel(ws, session, request.app[settings_key], sub).serve()
         finally:
+            session.channels -= 1
+            session.touch()  # gone from now on
             manager.events.unsubscribe(sub)
     return ws
 

@@ -62,6 +62,7 @@ async def hello(request: web.Request) -> web.Response:
         body["remote_kernel"] = {
             "version": __version__,
             "features": list(settings.features),
+            "orphanTimeout": settings.orphan_timeout,
             **settings.isolation,  # sandbox, network, limits (docs/isolation.md)
         }
     return json_response(body)

@@ -50,6 +50,8 @@ class Isolation:
     default: Resources = field(default_factory=Resources)
     maximum: Resources = field(default_factory=Resources)
     extra_ro: tuple[str, ...] = ()
+    #: Kernels outlive a killed server, which re-adopts them when it starts again.
+    outlive_server: bool = False
 
     @classmethod
     def configure(
@@ -186,8 +188,17 @@ class Isolation:
             hostname=f"session-{session_id[:8]}",
             cgroup_procs=cgroup.procs_files if cgroup is not None else (),
             rlimits=rlimits,
+            outlive_server=self.outlive_server,
         )
         return SessionIsolation(self, plan, resources, cgroup, ipc_dir)
+
+    def recovered(
+        self, session_id: str, plan: SandboxPlan, resources: Resources, ipc_dir: str | None
+    ) -> SessionIsolation:
+        """The isolation of a session whose kernel an earlier server process started: its
+        plan as it was, its cgroup (opened again), its IPC directory."""
+        cgroup = self.cgroups.create(session_id, resources) if self.cgroups is not None else None
+        return SessionIsolation(self, plan, resources, cgroup, Path(ipc_dir) if ipc_dir else None)
 
 
 class SessionIsolation:
@@ -284,4 +295,3 @@ def no_isolation(work_dir: Path) -> SessionIsolation:
     """For a runner built without a manager (tests): no sandbox, no limits."""
     plan = SandboxPlan(bwrap="", work_dir=str(work_dir))
     return SessionIsolation(Isolation(), plan, Resources(), None, None)
-

@@ -131,6 +131,19 @@ class KernelIO:
         self.kc.shell_channel.send(msg)
         return request
 
+    def expect(
+        self,
+        msg_id: str,
+        msg_type: str,
+        *,
+        on_iopub: IOPubHook | None = None,
+        on_stdin: StdinHook | None = None,
+    ) -> Request:
+        """Route what comes for a request sent before (by an earlier server process)."""
+        request = Request(msg_id, msg_type, on_iopub, on_stdin)
+        self._requests[msg_id] = request
+        return request
+
     def forget(self, request: Request) -> None:
         """Stop routing for ``request``: later messages with its id go to ``on_unrouted``."""
         if self._requests.get(request.msg_id) is request:

@@ -19,7 +19,9 @@ Two things differ from a local kernel:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -71,10 +73,12 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         read_end, write_end = os.pipe()
         try:
             # die_with_parent: a server that is killed must not leave its kernels behind (in a
-            # pid namespace ipykernel cannot watch its parent, JPY_PARENT_PID means nothing)
+            # pid namespace ipykernel cannot watch its parent, JPY_PARENT_PID means nothing),
+            # unless the server recovers sessions: then a restarted server re-adopts them
             wrapped = sandbox_command(
-                plan, cmd, info_fd=write_end, new_session=True, die_with_parent=True
-            )
+                plan, cmd, info_fd=write_end, new_session=True,
+                die_with_parent=not plan.outlive_server,
+            )  # fmt: skip
             kwargs["pass_fds"] = (*kwargs.get("pass_fds", ()), write_end)
             info = await super().launch_kernel(wrapped, **kwargs)
         except BaseException:
@@ -102,3 +106,64 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         await super().load_provisioner_info(provisioner_info)
         self.plan = provisioner_info.get("plan") or {}
 
+
+class AdoptedProvisioner(LocalProvisioner):  # type: ignore[misc]
+    """A kernel that an earlier server process started (session recovery), known by its pid.
+
+    It is not this process's child, so there is no ``Popen``: it is alive while its pid is (and
+    not a zombie), and signals go to its process group (a sandbox's own, for a sandboxed
+    kernel). A restart starts a new kernel through the kernelspec's provisioner as usual.
+    """
+
+    @property
+    def has_process(self) -> bool:
+        return self.pid is not None
+
+    async def poll(self) -> int | None:
+        return None if self.pid is not None and pid_alive(self.pid) else 0
+
+    async def wait(self) -> int | None:
+        while await self.poll() is None:
+            await asyncio.sleep(0.1)
+        self.pid = None
+        return 0
+
+    async def send_signal(self, signum: int) -> None:
+        if self.pid is None:
+            return
+        if self.pgid:
+            try:
+                os.killpg(self.pgid, signum)
+                return
+            except OSError:
+                pass
+        os.kill(self.pid, signum)
+
+    async def kill(self, restart: bool = False) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            await self.send_signal(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the outer bwrap, if it outlived them
+            if self.pid is not None:
+                os.kill(self.pid, signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            await self.send_signal(signal.SIGTERM)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        return None  # its ports were never this process's to return
+
+
+def pid_alive(pid: int) -> bool:
+    """``pid`` names a live process (not a zombie waiting for its parent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True

@@ -21,6 +21,7 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from .kernel_log import KernelLog
 from .kernel_streams import bound_stream_messages
 from .limits import Resources
 from .outside import OutsideLog
+from .provisioner import AdoptedProvisioner
 from .runs import Run, RunTable
 
 log = logging.getLogger("remote_kernel.server")
@@ -90,6 +92,9 @@ class SessionRunner:
         self._shell_lock = asyncio.Lock()
         self.batch = BatchRunner(work_dir, self.env, self.isolation)
         self._background: set[asyncio.Future[None]] = set()
+        self.process_info: dict[str, Any] = {}  # the kernel's pid, pgid (for recovery)
+        #: Called when what recovery needs changes (a run starts or ends, a restart).
+        self.on_change: Callable[[], None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -97,12 +102,16 @@ class SessionRunner:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._isolate_kernel()
         out = self.kernel_log.open()  # closed in shutdown()
+        # A kernel that must outlive the server (recovery) is independent: no JPY_PARENT_PID
+        independent = self.isolation.isolation.outlive_server
         for attempt in (1, 2):
             await self.km.start_kernel(
-                cwd=str(self.work_dir), env=self.env(), stdout=out, stderr=out
-            )
+                cwd=str(self.work_dir), env=self.env(), stdout=out, stderr=out,
+                independent=independent,
+            )  # fmt: skip
             try:
                 await self._connect()
+                await self._note_process()
                 return
             except InternalServerError as exc:
                 # jupyter_client picks free ports before the kernel binds them; under load
@@ -134,7 +143,7 @@ class SessionRunner:
                         self.kernel_name, own)  # fmt: skip
             return
         spec.metadata = {**(spec.metadata or {}), "kernel_provisioner": stanza}
-        if self.isolation.ipc_dir is not None:
+        if self.isolation.ipc_dir is not None and not self.km.connection_file:
             self.km.transport = "ipc"
             self.km.ip = str(self.isolation.ipc_dir / "k")
 
@@ -216,6 +225,129 @@ class SessionRunner:
             await self._close_channels("the session was restarted")
             await self.km.restart_kernel(now=True)
             await self._connect()
+            await self._note_process()
+
+    # -- recovery (a server that was killed starts again) -------------------------------------
+    async def _note_process(self) -> None:
+        prov = self.km.provisioner
+        if prov is not None:
+            info = await prov.get_provisioner_info()
+            self.process_info = {k: info.get(k) for k in ("pid", "pgid", "ip")}
+        self.changed()
+
+    def changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a server started later needs to re-adopt this kernel (JSON; holds its key)."""
+        conn = dict(self.km.get_connection_info())
+        key = conn.get("key")
+        if isinstance(key, bytes):
+            conn["key"] = key.decode()
+        run = self.current
+        running = None
+        if run is not None and run.status != p.FINISHED and run.msg_id is not None:
+            running = {"runId": run.run_id, "msgId": run.msg_id, "jupyter": run.jupyter,
+                       "comms": run.comms}  # fmt: skip
+        return {
+            "kernelName": self.kernel_name,
+            "connection": conn,
+            "connectionFile": self.km.connection_file,
+            "process": self.process_info,
+            "clientSession": self.km.session.session,
+            "kernelInfo": self.kernel_info,
+            "environ": self.environ,
+            "plan": self.isolation.plan.to_json(),
+            "resources": self.isolation.resources.to_json(),
+            "ipcDir": str(self.isolation.ipc_dir) if self.isolation.ipc_dir else None,
+            "run": running,
+        }
+
+    @classmethod
+    async def recover(
+        cls,
+        record: dict[str, Any],
+        work_dir: Path,
+        log_path: Path,
+        isolation: SessionIsolation,
+        **options: Any,
+    ) -> SessionRunner:
+        """Re-adopt a kernel that an earlier server process started (it outlived that server):
+        the same connection (and the same client identity, so the reply to a request sent
+        before the restart still arrives), signals by pid. A cell that was running goes on as
+        the same run."""
+        runner = cls(
+            record["kernelName"], work_dir, log_path, environ=record.get("environ") or {},
+            isolation=isolation, **options,
+        )  # fmt: skip
+        km = runner.km
+        km.load_connection_info(record["connection"])
+        km.connection_file = record.get("connectionFile") or ""
+        km.session.session = record["clientSession"]
+        runner._isolate_kernel()  # a later restart starts the kernel the usual way
+        out = runner.kernel_log.open()
+        launch: dict[str, Any] = {
+            "cwd": str(work_dir), "env": runner.env(), "stdout": out, "stderr": out,
+            "independent": isolation.isolation.outlive_server,
+        }  # fmt: skip
+        km._launch_args = launch  # what km.restart_kernel starts again with
+        process = record.get("process") or {}
+        provisioner = AdoptedProvisioner(
+            kernel_id=km.kernel_id or "", kernel_spec=km.kernel_spec, parent=km
+        )
+        await provisioner.load_provisioner_info({
+            "kernel_id": km.kernel_id or "", "connection_info": record["connection"],
+            "pid": process.get("pid"), "pgid": process.get("pgid"), "ip": process.get("ip"),
+        })  # fmt: skip
+        km.provisioner = provisioner
+        runner.process_info = dict(process)
+        runner.kernel_info = dict(record.get("kernelInfo") or {})
+        runner.kc = km.client()
+        runner.kc.start_channels()
+        runner.io = KernelIO(runner.kc, runner._on_unrouted, runner._stray_input)
+        runner.io.start()
+        if record.get("run"):
+            runner._resume_run(record["run"])
+        return runner
+
+    def _resume_run(self, info: dict[str, Any]) -> None:
+        """The run that was going on when the server was killed: its output from now on,
+        after a note that what it printed meanwhile is missing, and its reply."""
+        run = Run(
+            str(info["runId"]), jupyter=bool(info.get("jupyter")), max_bytes=self.max_run_bytes
+        )
+        run.comms = bool(info.get("comms"))
+        run.msg_id = str(info["msgId"])
+        run.recovering = True
+        note = (
+            "[remote_kernel] The server restarted while this cell ran; what the cell printed "
+            "in between may be missing here.\n"
+        )
+        run.emit([p.record(p.STDERR, note)])
+        self.runs.add(run)
+        self.current = run
+        run.task = asyncio.ensure_future(self._follow_resumed(run))
+
+    async def _follow_resumed(self, run: Run) -> None:
+        try:
+            async with self._shell_lock:
+                assert self.io is not None and run.msg_id is not None
+                request = self.io.expect(
+                    run.msg_id, "execute_request",
+                    on_iopub=lambda msg: self._on_iopub(run, msg),
+                    on_stdin=lambda msg: self._on_stdin(run, msg),
+                )  # fmt: skip
+                reply = await self._until_done_or_dead(asyncio.ensure_future(request.done()))
+            await self._end_run(run, reply)
+        except asyncio.CancelledError:
+            run.finish(1, run.error_reply("SessionEnded", "The run was stopped."))
+            raise
+        except KernelGone as exc:
+            run.fail("SessionEnded", f"The run was stopped: {exc}.")
+        except Exception as exc:  # never leave a run unfinished
+            log.exception("resumed run %s failed", run.run_id)
+            run.fail("ServerError", f"The server could not follow this cell: {exc}")
 
     async def shutdown(self) -> None:
         """Stop the kernel and end any run (bounded; kills if the kernel does not stop)."""
@@ -327,7 +459,23 @@ class SessionRunner:
                     on_iopub=lambda msg: self._on_iopub(run, msg),
                     on_stdin=lambda msg: self._on_stdin(run, msg),
                 )
+                run.msg_id = request.msg_id
+                self.changed()  # recorded: a server started after a crash follows this run
                 reply = await self._until_done_or_dead(asyncio.ensure_future(request.done()))
+            await self._end_run(run, reply)
+        except asyncio.CancelledError:
+            run.finish(1, run.error_reply("SessionEnded", "The run was stopped."))
+            raise
+        except KernelGone as exc:  # restarted or destroyed under the run (which says so)
+            run.fail("SessionEnded", f"The run was stopped: {exc}.")
+        except Exception as exc:  # never leave a run unfinished
+            log.exception("run %s failed", run.run_id)
+            message = f"The server could not run this cell: {type(exc).__name__}: {exc}"
+            run.fail("ServerError", message)
+
+    async def _end_run(self, run: Run, reply: dict[str, Any] | None) -> None:
+        """Finish ``run`` with the kernel's reply (None: the kernel died under it)."""
+        try:
             if reply is None:
                 if self.isolation.new_oom_kill():
                     run.fail("MemoryError", self.isolation.oom_message())
@@ -339,15 +487,8 @@ class SessionRunner:
             content = dict(reply.get("content", {}))
             run.finish(_exit_code(content), content)
             self.kernel_log.trim()
-        except asyncio.CancelledError:
-            run.finish(1, run.error_reply("SessionEnded", "The run was stopped."))
-            raise
-        except KernelGone as exc:  # restarted or destroyed under the run (which says so)
-            run.fail("SessionEnded", f"The run was stopped: {exc}.")
-        except Exception as exc:  # never leave a run unfinished
-            log.exception("run %s failed", run.run_id)
-            message = f"The server could not run this cell: {type(exc).__name__}: {exc}"
-            run.fail("ServerError", message)
+        finally:
+            self.changed()
 
     async def _until_done_or_dead(self, work: asyncio.Future[Any]) -> dict[str, Any] | None:
         """The execute reply, or None when the kernel process died first."""
@@ -367,6 +508,7 @@ class SessionRunner:
                 await self._close_channels("the kernel died")
                 await self.km.restart_kernel(now=True)
                 await self._connect()
+                await self._note_process()
 
     def _on_iopub(self, run: Run, msg: dict[str, Any]) -> None:
         records = records_from_message(msg, jupyter=run.jupyter, comms=run.comms)

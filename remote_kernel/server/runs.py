@@ -20,6 +20,8 @@ from ..protocol import Record
 from .record_log import RecordLog
 
 RUNNING = "running"
+#: The stand-in for a record that a killed server delivered (see :meth:`Run.resume`).
+RECOVERED = "recovered"
 #: Finished runs kept per session, so a client that lost a final response can replay it.
 KEEP_FINISHED_RUNS = 4
 #: Ids of runs no longer kept, remembered so that a late retried query is refused, not re-run.
@@ -38,6 +40,10 @@ class Run:
         self.run_id = run_id
         self.jupyter = jupyter
         self.comms = False  # comm messages of the run are records too (extension ``comms``)
+        self.msg_id: str | None = None  # of its execute_request in the kernel
+        #: Re-adopted by a restarted server: its records are numbered on from the cursor of the
+        #: client's first request (:meth:`resume`), which knows how many it already holds.
+        self.recovering = False
         self.log = RecordLog(max_bytes)
         self.status = RUNNING
         self.exit_code: int | None = None
@@ -52,13 +58,30 @@ class Run:
         self.interrupts: set[str] = set()  # interrupt ids already acted on (a repeat is a no-op)
         self._input: asyncio.Future[str | None] | None = None
         self._changed = asyncio.Event()
+        self._held: list[Record] = []
 
     # -- kernel side ------------------------------------------------------------------------
     def emit(self, records: list[Record]) -> None:
+        if self.recovering:
+            self._held.extend(records)
+            return
         for rec in records:
             self.log.append(rec)
         if records:
             self._notify()
+
+    def resume(self, cursor: int | None) -> None:
+        """A recovered run's first request: number its records on from ``cursor`` (the
+        records before it were delivered by the server that was killed)."""
+        if not self.recovering:
+            return
+        self.recovering = False
+        for _ in range(cursor or 0):
+            self.log.append([RECOVERED, None])  # never handed out: acknowledged at once
+        self.log.ack(cursor or 0)
+        held, self._held = self._held, []
+        self.emit(held)
+        self._notify()
 
     async def ask_input(self, prompt: str, password: bool) -> str | None:
         """Enter ``waiting-input`` and wait for the client's line (None: give up, don't answer)."""
@@ -175,6 +198,7 @@ class Run:
         At once when settled; else as soon as output exists past ``start`` plus ``coalesce``
         seconds (cut short when the run settles); else after ``hold`` seconds.
         """
+        self.resume(cursor)
         if cursor is not None:
             self.log.ack(cursor)
             start = cursor
@@ -194,6 +218,7 @@ class Run:
         prompt changes (so ``waiting-input`` is reported once per prompt). The push channel
         sends each; records are freed only by :meth:`RecordLog.ack` (the client's ``ack``).
         """
+        self.resume(cursor)
         reported = (RUNNING, 0)  # a run just started has nothing to report until it does
 
         def news() -> bool:

@@ -78,6 +78,8 @@ class SandboxPlan:
     cgroup_procs: tuple[str, ...] = ()
     #: prlimit options (``{"as": bytes, "nproc": n}``) where cgroups cannot limit.
     rlimits: Mapping[str, int] = field(default_factory=dict)
+    #: The kernel outlives a killed server (session recovery re-adopts it); else it dies with it.
+    outlive_server: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -337,7 +339,6 @@ class SandboxUsers:
         except (OSError, ValueError) as exc:
             raise RuntimeError(f"{self.path} is unreadable ({exc}); fix or remove it") from exc
         return {str(k): int(v) for k, v in data.items()}
-
 
 
 def read_child_pid(fd: int, alive: Callable[[], bool], timeout: float = INFO_TIMEOUT) -> int:

@@ -1,11 +1,21 @@
-"""``SessionManager``: the compute sessions of every keypair, their images and their limits."""
+"""``SessionManager``: the compute sessions of every keypair, their images and their limits.
+
+With ``recover_sessions``, each session is recorded in its directory (``session.json``, written
+atomically whenever what recovery needs changes) and its kernel outlives a killed server: a
+server started again on the same state directory re-adopts the live ones (same ids, names,
+owners, work directories, a cell still running included) and cleans up what died. Sessions
+whose client holds a lease are destroyed when that client has been gone ``orphan_timeout`` s.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import shutil
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,12 +40,16 @@ from .folders import FolderStore
 from .isolation import Isolation
 from .limits import Resources
 from .pool import KernelPool, Pooled, env_fits
+from .provisioner import pid_alive
 from .runner import SessionRunner
+from .sandbox import SandboxPlan
 
 log = logging.getLogger("remote_kernel.server")
 
 PYTHON_KERNEL = "python3"
 WORK_PREFIX = "/home/work/"
+#: A session's record for recovery, in its directory (it holds the kernel's key: 0600).
+RECORD = "session.json"
 
 
 @dataclass
@@ -54,6 +68,9 @@ class Session:
     created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     last_used: float = field(default_factory=time.monotonic)
     destroyed: bool = False  # being destroyed or gone: a channel still open refuses new work
+    lease: bool = False  # its client holds a lease: destroyed when gone ``orphan_timeout`` s
+    channels: int = 0  # push channels open (a client that holds one is there)
+    recovered: bool = False  # re-adopted by this server after an earlier one was killed
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
@@ -144,8 +161,14 @@ class SessionManager:
         isolation: Isolation | None = None,
         pool_size: int = 0,
         pool_images: tuple[str, ...] = ("python",),
+        recover_sessions: bool = False,
+        orphan_timeout: float = 0.0,
+        keep_work_dirs: bool = False,
     ) -> None:
         self.isolation = isolation or Isolation()
+        self.recover_sessions = recover_sessions
+        self.orphan_timeout = orphan_timeout
+        self.keep_work_dirs = keep_work_dirs
         self.pool_size = pool_size
         self.pool_images = pool_images
         self.pool: KernelPool | None = None  # start_pool() makes it
@@ -281,8 +304,10 @@ class SessionManager:
             dir=sdir,
             config=dict(config),
             mounts=folders,
+            lease=config.get("lease") is True,
         )
         self._by_id[session_id] = session
+        self._watch(session)
         for event in ("session_enqueued", "session_started", "kernel_started"):
             self._publish(event, session, "user-requested")
         log.info("session %s (%s) started: %s → %s", session.name, session_id, image, kernel_name)
@@ -343,6 +368,8 @@ class SessionManager:
         session_id = str(uuid.uuid4())
         sdir = self.sessions_dir / session_id
         runner = self._new_runner(session_id, None, kernel_name, {}, self.isolation.default, {})
+        if self.recover_sessions:  # a killed server's successor stops it: nobody's session
+            runner.on_change = lambda: _write_record(sdir, {"pooled": True, **runner.snapshot()})
         await self._start_runner(runner, sdir)
         return Pooled(session_id, sdir, runner)
 
@@ -429,12 +456,13 @@ class SessionManager:
         if self._by_id.pop(session.id, None) is None:
             return
         session.destroyed = True
+        session.runner.on_change = None
         self._publish("session_terminating", session, reason)
         await session.runner.shutdown()
         for dest in session.mounts:  # unlink first: rmtree never follows links, but be explicit
             with contextlib.suppress(OSError):
                 (session.runner.work_dir / dest).unlink()
-        shutil.rmtree(session.dir, ignore_errors=True)
+        self._remove_dir(session.dir)
         self._publish("kernel_terminated", session, reason)
         self._publish("session_terminated", session, reason)
         log.info("session %s (%s) destroyed", session.name, session.id)
@@ -451,6 +479,124 @@ class SessionManager:
             *(self.destroy(s) for s in sessions), *starting, return_exceptions=True
         )
 
+    def _remove_dir(self, sdir: Path) -> None:
+        """A destroyed session's directory goes (with ``keep_work_dirs``, all but its files)."""
+        if not self.keep_work_dirs:
+            shutil.rmtree(sdir, ignore_errors=True)
+            return
+        for entry in sdir.iterdir() if sdir.is_dir() else ():
+            if entry.name != "work":
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+    # -- recovery --------------------------------------------------------------------------------
+    def _watch(self, session: Session) -> None:
+        """Record the session now and whenever what recovery needs changes."""
+        if not self.recover_sessions:
+            return
+        session.runner.on_change = lambda: self._save(session)
+        self._save(session)
+
+    def _save(self, session: Session) -> None:
+        if session.destroyed:
+            return
+        record = {
+            "id": session.id, "name": session.name, "owner": session.owner,
+            "image": session.image, "config": session.config,
+            "mounts": {dest: str(path) for dest, path in session.mounts.items()},
+            "created": session.created.isoformat(), "lease": session.lease,
+            **session.runner.snapshot(),
+        }  # fmt: skip
+        try:
+            _write_record(session.dir, record)
+        except OSError as exc:
+            log.warning("could not record session %s for recovery: %s", session.id, exc)
+
+    async def recover(self) -> None:
+        """At start: re-adopt the sessions whose kernels outlived a killed server (with
+        ``recover_sessions``); stop and clean up every other kernel and directory left behind."""
+        if not self.sessions_dir.is_dir():
+            return
+        for sdir in sorted(p for p in self.sessions_dir.iterdir() if p.is_dir()):
+            record = _read_record(sdir)
+            session = None
+            if record is not None and self.recover_sessions and not record.get("pooled"):
+                try:
+                    session = await self._adopt(sdir, record)
+                except Exception as exc:
+                    log.warning("session %s could not be re-adopted: %s", sdir.name, exc)
+            if session is None:
+                await self._bury(sdir, record)
+
+    async def _adopt(self, sdir: Path, record: dict[str, Any]) -> Session | None:
+        process = record.get("process") or {}
+        pid = process.get("pid")
+        if not isinstance(pid, int) or not pid_alive(pid):
+            return None
+        session_id = str(record["id"])
+        resources = Resources.parse(record.get("resources") or {})
+        plan = SandboxPlan.from_json(record.get("plan") or {"work_dir": str(sdir / "work")})
+        isolation = self.isolation.recovered(session_id, plan, resources, record.get("ipcDir"))
+        runner = await SessionRunner.recover(
+            record, sdir / "work", sdir / "kernel.log", isolation, **self.runner_options
+        )
+        try:
+            await asyncio.wait_for(_control_ping(runner), 10)
+        except BaseException:
+            await runner.shutdown()
+            raise
+        session = Session(
+            id=session_id, name=str(record["name"]), owner=str(record["owner"]),
+            image=str(record["image"]), kernel_name=str(record["kernelName"]), runner=runner,
+            dir=sdir, config=dict(record.get("config") or {}),
+            mounts={d: Path(p) for d, p in (record.get("mounts") or {}).items()},
+            created=datetime.fromisoformat(record["created"]), lease=bool(record.get("lease")),
+            recovered=True,
+        )  # fmt: skip
+        self._by_id[session_id] = session
+        self._watch(session)
+        log.info("session %s (%s) re-adopted%s", session.name, session_id,
+                 ", with a cell running" if runner.busy else "")  # fmt: skip
+        return session
+
+    async def _bury(self, sdir: Path, record: dict[str, Any] | None) -> None:
+        """A session (or pooled kernel) that will not be re-adopted: its kernel stopped, its
+        cgroup, IPC directory and (unless ``keep_work_dirs``) directory removed."""
+        process = (record or {}).get("process") or {}
+        pid, pgid = process.get("pid"), process.get("pgid")
+        for target, kill in ((pgid, os.killpg), (pid, os.kill)):
+            if isinstance(target, int) and target > 1:
+                with contextlib.suppress(OSError):
+                    kill(target, signal.SIGKILL)
+        if isinstance(pid, int):
+            for _ in range(50):
+                if not pid_alive(pid):
+                    break
+                await asyncio.sleep(0.05)
+        if record is not None and self.isolation.cgroups is not None:
+            with contextlib.suppress(Exception):
+                self.isolation.cgroups.create(sdir.name, Resources()).remove()
+        ipc_dir = (record or {}).get("ipcDir")
+        if ipc_dir:
+            shutil.rmtree(ipc_dir, ignore_errors=True)
+        if record is not None and record.get("pooled"):
+            shutil.rmtree(sdir, ignore_errors=True)
+        else:
+            self._remove_dir(sdir)
+        log.info("cleaned up %s left by an earlier server", sdir.name)
+
+    def orphaned(self, now: float | None = None) -> list[Session]:
+        """Leased sessions whose client has been gone ``orphan_timeout`` s (no request, no
+        open channel), even with a cell running or waiting for input."""
+        if self.orphan_timeout <= 0:
+            return []
+        now = time.monotonic() if now is None else now
+        return [
+            s
+            for s in self._by_id.values()
+            if s.lease and s.channels == 0 and now - s.last_used > self.orphan_timeout
+        ]
+
     def idle_sessions(self, now: float | None = None) -> list[Session]:
         if self.idle_timeout <= 0:
             return []
@@ -462,15 +608,50 @@ class SessionManager:
         ]
 
     async def reap_forever(self) -> None:
-        """Destroy idle sessions (no running cell, unused ``idle_timeout`` s) until cancelled."""
-        if self.idle_timeout <= 0:
+        """Destroy idle sessions (no running cell, unused ``idle_timeout`` s) and orphaned ones
+        (a leased session whose client is gone ``orphan_timeout`` s) until cancelled."""
+        timeouts = [t for t in (self.idle_timeout, self.orphan_timeout) if t > 0]
+        if not timeouts:
             return
-        interval = max(0.5, min(30.0, self.idle_timeout / 4))
+        interval = max(0.5, min(30.0, min(timeouts) / 4))
         while True:
             await asyncio.sleep(interval)
+            for session in self.orphaned():
+                log.info("session %s: its client is gone for over %ss: destroying",
+                         session.name, self.orphan_timeout)  # fmt: skip
+                with contextlib.suppress(Exception):
+                    await self.destroy(session, reason="orphaned")
             for session in self.idle_sessions():
                 log.info(
                     "session %s idle for over %ss: destroying", session.name, self.idle_timeout
                 )
                 with contextlib.suppress(Exception):
                     await self.destroy(session, reason="idle-timeout")
+
+
+def _write_record(sdir: Path, record: dict[str, Any]) -> None:
+    """Write ``sdir/session.json`` atomically (a crash leaves the old one or the new one)."""
+    tmp = sdir / f".{RECORD}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(record, out)
+    os.replace(tmp, sdir / RECORD)
+
+
+def _read_record(sdir: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((sdir / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+async def _control_ping(runner: SessionRunner) -> None:
+    """A re-adopted kernel answers on its control channel (even with a cell running)."""
+    kc = runner.kc
+    msg = kc.session.msg("kernel_info_request")
+    kc.control_channel.send(msg)
+    while True:
+        reply = await kc.control_channel.get_msg(timeout=10)
+        if reply.get("parent_header", {}).get("msg_id") == msg["header"]["msg_id"]:
+            return

@@ -25,6 +25,7 @@ class ServerSettings:
     poll_hold: float = 1.0
     poll_coalesce: float = 0.005
     push_coalesce: float = 0.0
+    orphan_timeout: float = 0.0  # GET / reports it to clients that hold leases
     debug: bool = False
     max_request_bytes: int = 16 * MIB
     max_upload_files: int = 100

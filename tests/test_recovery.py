@@ -1,0 +1,180 @@
+"""Nothing lost when something restarts (issue 12), with real processes and ``kill -9``:
+the server killed and started again, proxies killed, sessions destroyed behind the proxy."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+from .conftest import ServerProcess, restart_server, start_server
+from .kernel_helpers import execute, install_kernelspec, running_kernel
+from .test_kernel import _sessions
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
+
+
+def _stdout(outputs: list[dict[str, Any]]) -> str:
+    return "".join(
+        m["content"]["text"]
+        for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+    )
+
+
+def _stderr(outputs: list[dict[str, Any]]) -> str:
+    return "".join(
+        m["content"]["text"]
+        for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"
+    )
+
+
+def _kill(srv: ServerProcess) -> None:
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait(10)
+
+
+def test_a_killed_server_started_again_keeps_the_session(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "srv")
+    again: ServerProcess | None = None
+    try:
+        install_kernelspec("remote-python-recover", srv.env, prefix=tmp_path / "spec")
+        with running_kernel("remote-python-recover") as (_km, kc):
+            reply, _ = execute(kc, "x = 41")
+            assert reply["status"] == "ok"
+            _kill(srv)
+            again = restart_server(srv)
+            reply, outputs = execute(kc, "print(x + 1)")
+            assert reply["status"] == "ok", (reply, _stderr(outputs))
+            assert _stdout(outputs) == "42\n"
+            assert "[remote_kernel]" not in _stderr(outputs)
+    finally:
+        (again or srv).stop()
+        srv.stop()
+    sessions = tmp_path / "srv" / "state" / "sessions"
+    assert not sessions.exists() or list(sessions.iterdir()) == []
+
+
+class _Collect:
+    """IOPub messages of one request, read as they come."""
+
+    def __init__(self, kc: Any, msg_id: str) -> None:
+        self.kc, self.msg_id, self.seen = kc, msg_id, []
+
+    def until(self, predicate: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(predicate(m) for m in self.seen):
+            assert time.monotonic() < deadline, [m["msg_type"] for m in self.seen]
+            try:
+                msg = self.kc.get_iopub_msg(timeout=0.5)
+            except Empty:
+                continue
+            if msg["parent_header"].get("msg_id") == self.msg_id:
+                self.seen.append(msg)
+
+    def text(self, stream: str) -> str:
+        return _stdout(self.seen) if stream == "stdout" else _stderr(self.seen)
+
+
+def _idle(msg: dict[str, Any]) -> bool:
+    return msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+
+
+def test_a_cell_running_across_a_server_restart_finishes(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "srv")
+    again: ServerProcess | None = None
+    try:
+        install_kernelspec("remote-python-midcell", srv.env, prefix=tmp_path / "spec")
+        with running_kernel("remote-python-midcell") as (_km, kc):
+            code = "import time\nprint('before', flush=True)\ntime.sleep(9)\nprint('after')\nz = 3"
+            msg_id = kc.execute(code)
+            cell = _Collect(kc, msg_id)
+            cell.until(lambda m: "before" in m["content"].get("text", ""), 30)
+            _kill(srv)
+            time.sleep(4)  # longer than the push channel's reconnect budget: polling waits
+            again = restart_server(srv)
+            cell.until(_idle, 60)
+            reply = kc.get_shell_msg(timeout=10)
+            assert reply["parent_header"]["msg_id"] == msg_id
+            assert reply["content"]["status"] == "ok", reply["content"]
+            assert cell.text("stdout") == "before\nafter\n"
+            assert "may be missing" in cell.text("stderr")
+            assert "Lost the server" in cell.text("stderr")
+            assert "The server answers again" in cell.text("stderr")
+            reply, outputs = execute(kc, "print(z)")
+            assert _stdout(outputs) == "3\n"
+    finally:
+        (again or srv).stop()
+        srv.stop()
+
+
+def _kill_proxy(km: Any) -> None:
+    """SIGKILL the proxy process: no shutdown request reaches the server."""
+    km.signal_kernel(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while km.is_alive():
+        assert time.monotonic() < deadline, "the proxy did not die"
+        time.sleep(0.05)
+    km.cleanup_resources()
+
+
+def test_reattach_finds_the_notebooks_session_after_the_proxy_died(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "srv")
+    try:
+        env = {**srv.env, "JPY_SESSION_NAME": str(tmp_path / "analysis.ipynb")}
+        install_kernelspec("remote-python-reattach", env, prefix=tmp_path / "spec",
+                           extra_argv=["--RemoteKernel.reattach=True"])  # fmt: skip
+        km, kc = start_new_kernel(kernel_name="remote-python-reattach", startup_timeout=60)
+        try:
+            reply, _ = execute(kc, "x = 5")
+            assert reply["status"] == "ok"
+            kc.execute("import time\ntime.sleep(2)\ny = 7")  # still running when the proxy dies
+            time.sleep(0.5)
+        finally:
+            kc.stop_channels()
+            _kill_proxy(km)
+        (session,) = _sessions(srv)
+        assert session["statusInfo"] == "busy"
+        with running_kernel("remote-python-reattach") as (_km2, kc2):
+            reply, outputs = execute(kc2, "print(x, y)")
+            assert reply["status"] == "ok", reply
+            assert _stdout(outputs) == "5 7\n"
+            assert "Re-attached to the remote session" in _stderr(outputs)
+            assert "still running" in _stderr(outputs)
+            assert [s["sessionId"] for s in _sessions(srv)] == [session["sessionId"]]
+        assert _sessions(srv) == []  # an explicit shutdown ends it
+    finally:
+        srv.stop()
+
+
+def test_orphans_are_destroyed_mid_cell_and_mid_input(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "srv", "--ServerApp.orphan_timeout=10")
+    try:
+        install_kernelspec("remote-python-orphan", srv.env, prefix=tmp_path / "spec")
+        kernels = [start_new_kernel(kernel_name="remote-python-orphan", startup_timeout=60)
+                   for _ in range(2)]  # fmt: skip
+        try:
+            (_, kc1), (_, kc2) = kernels
+            busy = kc1.execute("import time\nprint('go', flush=True)\ntime.sleep(300)")
+            _Collect(kc1, busy).until(lambda m: "go" in m["content"].get("text", ""), 30)
+            kc2.execute("input('name? ')", allow_stdin=True)
+            assert kc2.get_stdin_msg(timeout=30)["msg_type"] == "input_request"
+            assert len(_sessions(srv)) == 2
+        finally:
+            for km, kc in kernels:
+                kc.stop_channels()
+                _kill_proxy(km)
+        killed = time.monotonic()
+        while _sessions(srv):
+            assert time.monotonic() - killed < 30, _sessions(srv)
+            time.sleep(0.5)
+        assert time.monotonic() - killed >= 9  # not before the timeout
+        assert list((srv.state_dir / "sessions").iterdir()) == []
+    finally:
+        srv.stop()
