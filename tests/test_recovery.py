@@ -3,6 +3,9 @@ the server killed and started again, proxies killed, sessions destroyed behind t
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -14,6 +17,7 @@ from jupyter_client.manager import start_new_kernel
 
 from .conftest import ServerProcess, restart_server, start_server
 from .kernel_helpers import execute, install_kernelspec, running_kernel
+from .rawapi import RawAPI
 from .test_kernel import _sessions
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
@@ -176,5 +180,69 @@ def test_orphans_are_destroyed_mid_cell_and_mid_input(tmp_path: Path) -> None:
             time.sleep(0.5)
         assert time.monotonic() - killed >= 9  # not before the timeout
         assert list((srv.state_dir / "sessions").iterdir()) == []
+    finally:
+        srv.stop()
+
+
+def test_sessions_that_died_meanwhile_are_cleaned_up_at_start(tmp_path: Path) -> None:
+    """Killed server; then one session's kernel dies too: the server started again re-adopts
+    the live one and removes the dead one (404, no directory, no process)."""
+    srv = start_server(tmp_path / "srv")
+    again: ServerProcess | None = None
+
+    async def setup() -> tuple[str, str]:
+        async with RawAPI(srv.endpoint, srv.access_key, srv.secret_key) as api:
+            live, dead = await api.create("stays"), await api.create("dies")
+            for sid in (live, dead):
+                await api.run(sid, "v = 1")
+            return live, dead
+
+    async def check() -> None:
+        async with RawAPI(srv.endpoint, srv.access_key, srv.secret_key) as api:
+            records, result = await api.run(live, "print(v + 1)")
+            assert records == [["stdout", "2\n"]] and result["exitCode"] == 0
+            status, _ = await api.call("GET", f"/session/{dead}")
+            assert status == 404
+
+    try:
+        live, dead = asyncio.run(setup())
+        sessions = srv.state_dir / "sessions"
+        record = json.loads((sessions / dead / "session.json").read_text())
+        pid = record["process"]["pid"]
+        _kill(srv)
+        os.killpg(record["process"]["pgid"], signal.SIGKILL)
+        again = restart_server(srv)
+        asyncio.run(check())
+        assert sorted(p.name for p in sessions.iterdir()) == [live]
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+    finally:
+        (again or srv).stop()
+        srv.stop()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_keep_work_dirs_keeps_a_destroyed_sessions_files(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "srv", "--ServerApp.keep_work_dirs=True")
+
+    async def scenario() -> str:
+        async with RawAPI(srv.endpoint, srv.access_key, srv.secret_key) as api:
+            sid = await api.create("keeper")
+            await api.run(sid, "open('result.txt', 'w').write('kept')")
+            await api.destroy(sid)
+            status, _ = await api.call("GET", f"/session/{sid}")
+            assert status == 404
+            return sid
+
+    try:
+        sid = asyncio.run(scenario())
+        sdir = srv.state_dir / "sessions" / sid
+        assert (sdir / "work" / "result.txt").read_text() == "kept"
+        assert sorted(p.name for p in sdir.iterdir()) == ["work"]  # no record: not recovered
     finally:
         srv.stop()
