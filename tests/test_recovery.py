@@ -39,6 +39,15 @@ def _stderr(outputs: list[dict[str, Any]]) -> str:
     )
 
 
+def _late_output(kc: Any, word: str) -> None:
+    """A thread prints after its cell ended; the text arrives with the cell as its parent."""
+    code = f"import threading, time\nthreading.Timer(0.3, print, ({word!r},)).start()"
+    msg_id = kc.execute(code)
+    late = _Collect(kc, msg_id)
+    late.until(lambda m: word in m["content"].get("text", ""), 30)
+    assert late.text("stdout") == f"{word}\n"
+
+
 def _kill(srv: ServerProcess) -> None:
     srv.proc.send_signal(signal.SIGKILL)
     srv.proc.wait(10)
@@ -52,12 +61,14 @@ def test_a_killed_server_started_again_keeps_the_session(tmp_path: Path) -> None
         with running_kernel("remote-python-recover") as (_km, kc):
             reply, _ = execute(kc, "x = 41")
             assert reply["status"] == "ok"
+            _late_output(kc, "before")  # what belongs to no cell: numbered by the server
             _kill(srv)
             again = restart_server(srv)
             reply, outputs = execute(kc, "print(x + 1)")
             assert reply["status"] == "ok", (reply, _stderr(outputs))
             assert _stdout(outputs) == "42\n"
             assert "[remote_kernel]" not in _stderr(outputs)
+            _late_output(kc, "after")  # still arrives: the new server numbers from 0 again
     finally:
         (again or srv).stop()
         srv.stop()

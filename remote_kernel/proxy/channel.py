@@ -107,9 +107,11 @@ class ChannelTransport:
         self.broken = None
         self._reader = asyncio.ensure_future(self._read(ws))
         if self.on_output is not None:
-            if self.outputs_cursor is None:
-                outputs = hello.body.get("outputs")
-                self.outputs_cursor = outputs if isinstance(outputs, int) else 0
+            outputs = hello.body.get("outputs")
+            outputs = outputs if isinstance(outputs, int) else 0
+            # a server started again numbers from 0: take its count, not ours
+            if self.outputs_cursor is None or self.outputs_cursor > outputs:
+                self.outputs_cursor = outputs
             await self._send(frames.outputs(self.outputs_cursor))
         for shell, _ in list(self._shells.values()):  # not known done: the server ignores repeats
             await self._send(frames.shell(shell))

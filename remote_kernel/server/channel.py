@@ -159,6 +159,7 @@ class _Channel:
     async def _push_outputs(self, cursor: int) -> None:
         """Push what the kernel sent outside any run, from item ``cursor`` on, as it comes."""
         outside = self.session.runner.outside
+        cursor = min(cursor, outside.end)  # a cursor of an earlier server process: from now on
         while True:
             await outside.wait_past(cursor)
             items, first, dropped = outside.read(cursor)
