@@ -18,7 +18,7 @@ from jupyter_client.manager import start_new_kernel
 from .conftest import ServerProcess, restart_server, start_server
 from .kernel_helpers import execute, install_kernelspec, running_kernel
 from .rawapi import RawAPI
-from .test_kernel import _sessions
+from .test_kernel import _reply_for, _sessions
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
@@ -115,8 +115,7 @@ def test_a_cell_running_across_a_server_restart_finishes(tmp_path: Path) -> None
             time.sleep(4)  # longer than the push channel's reconnect budget: polling waits
             again = restart_server(srv)
             cell.until(_idle, 60)
-            reply = kc.get_shell_msg(timeout=10)
-            assert reply["parent_header"]["msg_id"] == msg_id
+            reply = _reply_for(kc, msg_id, 10)
             assert reply["content"]["status"] == "ok", reply["content"]
             assert cell.text("stdout") == "before\nafter\n"
             assert "may be missing" in cell.text("stderr")
