@@ -102,6 +102,8 @@ class DemoServer:
         self._create_keypair()
         log = open(self.log_path, "w")  # noqa: SIM115 - closed when the process ends
         cmd = [sys.executable, "-m", "remote_kernel", "serve", "--ip", "127.0.0.1", "--port", "0"]
+        # a throwaway state dir: nothing to recover, so its kernels die with a killed server
+        cmd.append("--ServerApp.recover_sessions=False")
         self.proc = subprocess.Popen(
             [*cmd, "--state-dir", str(self.state_dir), *self.extra_args],
             stdout=subprocess.PIPE,
