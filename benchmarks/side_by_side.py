@@ -32,8 +32,8 @@ messages where the server offers it.
 * start to first result: POST /api/kernels, open the WebSocket, kernel_info, execute ``1+1``,
   until its execute_result arrives (s);
 * restart to first result (with ``--restart``): POST ``/api/kernels/{id}/restart``, then on
-  the same WebSocket kernel_info (asked again every 0.5 s, as JupyterLab does) and ``1+1``
-  until its execute_result (s);
+  the same WebSocket kernel_info (asked again every 0.5 s, as JupyterLab does) until its IOPub
+  status arrives, and ``1+1`` until its execute_result (s);
 * trivial cell: median and p90 of ``1+1``, request sent -> execute_reply and idle received (ms),
   after 3 warm-ups;
 * 100,000 lines: ``for i in range(100000): print(i)`` until reply + idle, every line checked (s);
@@ -715,7 +715,11 @@ async def restart_to_result(
     http: aiohttp.ClientSession, system: System, state: dict[str, Any], args: argparse.Namespace
 ) -> float:
     """Restart as JupyterLab does (POST .../restart, the same WebSocket), then ``1+1`` until
-    its result: seconds since the POST."""
+    its result: seconds since the POST.
+
+    ``1+1`` is sent once a kernel_info request's IOPub status came back, not at its reply: a
+    cell sent before the new kernel's IOPub subscription is made loses its output (any kernel;
+    ~half of the proxy's restarts hung here otherwise, now that its cells run at once)."""
     kernel: KernelSocket = state["kernel"]
     t0 = time.perf_counter()
     async with http.post(f"{system.base_url}/api/kernels/{state['kernel_id']}/restart") as resp:
@@ -736,8 +740,8 @@ async def restart_to_result(
             except TimeoutError:
                 break
             if reply.get("parent_header", {}).get("msg_id") in asked and (
-                reply.get("msg_type") == "kernel_info_reply"
-            ):
+                reply.get("msg_type") == "status"
+            ):  # its IOPub status: the reply is in (shell) and the output reaches us (IOPub)
                 answered = True
                 break
         if not answered and time.perf_counter() >= deadline:
@@ -748,14 +752,19 @@ async def restart_to_result(
     return first.result_at - t0
 
 
-async def measure(system: System, args: argparse.Namespace, progress: list[str]) -> dict[str, Any]:
-    """One system at one rtt; ``progress[-1]`` names the step under way (for error messages)."""
+async def measure(
+    system: System, args: argparse.Namespace, progress: list[str], out: dict[str, Any]
+) -> dict[str, Any]:
+    """One system at one rtt, into ``out`` (what was measured stays there when a later step
+    fails); ``progress[-1]`` names the step under way (for error messages)."""
     state: dict[str, Any] = {}
     timeout = aiohttp.ClientTimeout(total=args.start_timeout)
     async with aiohttp.ClientSession(headers=system.headers, timeout=timeout) as http:
         try:
-            out: dict[str, Any] = await asyncio.wait_for(
-                start_kernel(http, system, state, progress), args.start_timeout
+            out.update(
+                await asyncio.wait_for(
+                    start_kernel(http, system, state, progress), args.start_timeout
+                )
             )
             kernel: KernelSocket = state["kernel"]
 
@@ -822,15 +831,16 @@ async def measure_all(
             progress: list[str] = []
             print(f"rtt {rtt:g} ms: {name} ...", end=" ", flush=True)
             t0 = time.perf_counter()
+            per_rtt[name] = partial = {}
             try:
                 if system.relay is not None:
                     system.relay.set_delay(rtt / 2 / 1000)
-                per_rtt[name] = await asyncio.wait_for(
-                    measure(system, args, progress), args.system_timeout
+                await asyncio.wait_for(
+                    measure(system, args, progress, partial), args.system_timeout
                 )
                 print(f"done in {time.perf_counter() - t0:.1f}s", flush=True)
             except asyncio.CancelledError:
-                per_rtt[name] = {"error": f"cancelled during {progress[-1:]}"}
+                per_rtt[name]["error"] = f"cancelled during {progress[-1:]}"
                 raise
             except Exception as exc:
                 step = progress[-1] if progress else "setup"
@@ -840,8 +850,8 @@ async def measure_all(
                 hint = log_hint(system.children[0].log_path) if system.children else ""
                 if hint:
                     error += f" (server log: {hint})"
-                per_rtt[name] = {"error": error}
-                print(f"FAILED ({per_rtt[name]['error']})", flush=True)
+                per_rtt[name]["error"] = error  # the steps before it stay measured
+                print(f"FAILED ({error})", flush=True)
                 if args.verbose:
                     traceback.print_exc()
             if system.relay is not None:

@@ -12,6 +12,9 @@ def main() -> None:
         from .cli import main as cli_main
 
         sys.exit(cli_main())
+    from .proxy import early
+
+    early.begin()  # the remote session is created while the kernel's modules load
     from .proxy.app import RemoteKernelApp
 
     RemoteKernelApp.launch_instance()

@@ -115,6 +115,10 @@ class RunLoopClient(SignedHTTP):
         except ServerError as exc:
             log.warning("version probe failed (%s); assuming a base-layer server", exc)
             body = {}
+        return self.adopt_probe(body)
+
+    def adopt_probe(self, body: Any) -> ServerInfo:
+        """Take a ``GET /`` answer made elsewhere (the kernel's early start) as the probe."""
         body = body if isinstance(body, dict) else {}
         ext = body.get("remote_kernel")
         features: frozenset[str] = frozenset()
@@ -144,13 +148,18 @@ class RunLoopClient(SignedHTTP):
         environ: dict[str, str] | None = None,
         reuse: bool = True,
         max_wait: float = 60.0,
+        lease: bool = False,
     ) -> SessionRef:
-        """``POST /session``: get or create the session ``name`` running ``image``."""
+        """``POST /session``: get or create the session ``name`` running ``image`` (with
+        ``lease``, held by this client: extension ``leases``)."""
+        config: dict[str, Any] = {"resources": resources or {}, "environ": environ or {}}
+        if lease:
+            config["lease"] = True
         body = {
             "image": image,
             "name": name,
             "clientSessionToken": name,
-            "config": {"resources": resources or {}, "environ": environ or {}},
+            "config": config,
             "reuseIfExists": reuse,
             "enqueueOnly": False,
             "maxWaitSeconds": int(max_wait),

@@ -50,7 +50,7 @@ from ..credentials import (
 from ..errors import ConfigurationError, RemoteKernelError
 from ..frames import ShellMessage
 from ..iopub import CommMessage, comm_from_record, iopub_from_record
-from . import magics, replies, stdin
+from . import early, magics, replies, stdin
 from .cell import CellRun
 from .history import CellHistory
 from .introspection import IntrospectionMixin
@@ -153,11 +153,12 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         "push channel is up. Otherwise widgets show as their text form, with a note.",
     ).tag(config=True)
     kernel_info_wait = Float(
-        1.0,
+        0.0,
         help="Seconds after the kernel started during which a kernel_info request waits for "
         "the remote session, so that the frontend learns the remote language version and "
-        "banner (a server's warm pool answers well within it). A slower start answers with "
-        "what the kernel knows and the first cell shows the start's progress instead.",
+        "banner. 0: kernel_info is answered at once, with the remote's when the session was "
+        "created while the kernel started (it usually is), else with what the kernel knows; "
+        "a slow start shows its progress in the first cell.",
     ).tag(config=True)
 
     reattach = Bool(
@@ -196,7 +197,8 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         notebook = os.environ.get("JPY_SESSION_NAME")
         if self.reattach and notebook and not os.environ.get("REMOTE_KERNEL_SESSION_NAME"):
             return reattach_name(self.access_key, notebook)
-        return os.environ.get("REMOTE_KERNEL_SESSION_NAME") or f"rk-{uuid.uuid4().hex[:16]}"
+        name = early.predicted_name() or os.environ.get("REMOTE_KERNEL_SESSION_NAME")
+        return name or f"rk-{uuid.uuid4().hex[:16]}"
 
     _creds: Credentials | None = None
     _config_error: ConfigurationError | None = None
@@ -229,6 +231,7 @@ class RemoteKernel(IntrospectionMixin, Kernel):
             ),
             self._main_client,
         )  # fmt: skip
+        self._claim_early_session()
         self._cell: CellRun | MagicCell | None = None
         self.sync_ledger = SyncLedger()  # what %remote sync moved, per session
         self.start_sync = ""  # the report of sync_on_start
@@ -304,6 +307,18 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         if self.heartbeat_interval > 0:
             beat = self.remote.heartbeat_forever(self.heartbeat_interval, self._busy)
             self._heartbeat_task = asyncio.ensure_future(beat)
+
+    def _claim_early_session(self) -> None:
+        """Take the session created while this process started, when it is the one wanted."""
+        if self._config_error is not None:
+            return
+        claimed = early.claim(self.endpoint, self.access_key, self.secret_key, self.remote.spec)
+        self.remote.early = claimed
+        info = claimed.kernel_info_now() if claimed is not None else None
+        if info is not None:  # kernel_info answers with the remote's from the first request
+            self.remote.kernel_info = info
+            for name, value in replies.kernel_info_fields(info, self.session_name).items():
+                setattr(self, name, value)
 
     def _busy(self) -> bool:
         return self._cell is not None

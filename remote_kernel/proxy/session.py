@@ -22,6 +22,7 @@ from .. import protocol as p
 from ..client import RunLoopClient
 from ..errors import NotFoundError, RemoteKernelError, SessionNotFoundError
 from .channel import ChannelTransport, OutputHandler
+from .early import EarlySession
 from .transports import PollingTransport, RunTransport
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class RemoteSession:
         #: Set: comms are wanted; gets what the kernel sends outside any run (with its parent).
         self.on_output: OutputHandler | None = None
         self.leased = False  # the server destroys the session if we are gone (``leases``)
+        #: A session created while the kernel process started (proxy/early.py): the first
+        #: creation takes it instead of asking the server.
+        self.early: EarlySession | None = None
 
     @property
     def client(self) -> RunLoopClient:
@@ -86,12 +90,15 @@ class RemoteSession:
 
     async def _create(self) -> str:
         client = self.client
-        await client.probe()
         spec = self.spec
-        ref = await client.create_session(
-            spec.image, spec.name, resources=dict(spec.resources), environ=dict(spec.environ),
-            max_wait=spec.startup_timeout,
-        )  # fmt: skip
+        early, self.early = self.early, None
+        ref = await early.take(client) if early is not None else None
+        if ref is None:
+            await client.probe()
+            ref = await client.create_session(
+                spec.image, spec.name, resources=dict(spec.resources), environ=dict(spec.environ),
+                max_wait=spec.startup_timeout,
+            )  # fmt: skip
         self.id = ref.id
         if not ref.created and spec.reattach:
             await self._note_reattached(client, ref.id)
