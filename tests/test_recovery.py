@@ -18,25 +18,17 @@ from jupyter_client.manager import start_new_kernel
 from .conftest import ServerProcess, restart_server, start_server
 from .kernel_helpers import execute, install_kernelspec, running_kernel
 from .rawapi import RawAPI
-from .test_kernel import _reply_for, _sessions
+from .test_kernel import _reply_for, _sessions, _texts
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 
 def _stdout(outputs: list[dict[str, Any]]) -> str:
-    return "".join(
-        m["content"]["text"]
-        for m in outputs
-        if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
-    )
+    return _texts(outputs, "stdout")
 
 
 def _stderr(outputs: list[dict[str, Any]]) -> str:
-    return "".join(
-        m["content"]["text"]
-        for m in outputs
-        if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"
-    )
+    return _texts(outputs, "stderr")
 
 
 def _late_output(kc: Any, word: str) -> None:
