@@ -17,14 +17,14 @@ import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import aiohttp
-from aiohttp.payload import AsyncIterablePayload
+from typing import TYPE_CHECKING, Any
 
 from . import protocol as p
 from .errors import ProtocolError, ServerError, error_from_problem
 from .signed_http import BODYLESS_CONTENT_TYPE, DEFAULT_ENDPOINT, SignedHTTP
+
+if TYPE_CHECKING:  # imported when needed (see signed_http)
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +283,9 @@ class RunLoopClient(SignedHTTP):
         work-directory paths, sent as they are (a real manager does not percent-decode them).
         Never retried: a body that may have been consumed cannot be sent again.
         """
+        import aiohttp
+        from aiohttp.payload import AsyncIterablePayload
+
         writer = aiohttp.MultipartWriter("form-data")
         for name, chunks in files:
             part = writer.append_payload(
@@ -325,6 +328,8 @@ class RunLoopClient(SignedHTTP):
                 with self._map_transport_errors(what, limit):
                     raw = await resp.read()
                 raise self.explain(_problem(resp.status, raw))
+            import aiohttp
+
             try:
                 reader = aiohttp.MultipartReader.from_response(resp)
             except (ValueError, AssertionError, KeyError) as exc:
@@ -353,6 +358,8 @@ class RunLoopClient(SignedHTTP):
     def _stream_timeout(self, read: float) -> aiohttp.ClientTimeout:
         """No total limit (a transfer takes as long as it takes); ``read`` seconds at most
         without a byte from the server once the request is sent."""
+        import aiohttp
+
         return aiohttp.ClientTimeout(
             total=None, connect=self.connect_timeout, sock_connect=self.connect_timeout,
             sock_read=read,

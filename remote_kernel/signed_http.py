@@ -21,9 +21,8 @@ import os
 import time
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
 from yarl import URL
 
 from . import protocol as p
@@ -40,6 +39,9 @@ from .errors import (
     TransportError,
     error_from_problem,
 )
+
+if TYPE_CHECKING:  # aiohttp (0.1 s to import) is loaded when the first request is made, not
+    import aiohttp  # while the kernel starts: remote_kernel.proxy.app imports it in a thread
 
 log = logging.getLogger("remote_kernel.client")
 _S = TypeVar("_S", bound="SignedHTTP")
@@ -167,6 +169,8 @@ class SignedHTTP:
         self._session = None
 
     def _http(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._closed:
             raise RuntimeError("RunLoopClient is closed; create a new one.")
         if self._session is None or self._session.closed:
@@ -187,6 +191,8 @@ class SignedHTTP:
     @contextlib.contextmanager
     def _map_transport_errors(self, what: str, timeout: float) -> Iterator[None]:
         """The one place aiohttp errors become :class:`TransportError` (with ``.request_sent``)."""
+        import aiohttp
+
         try:
             yield
         except aiohttp.ConnectionTimeoutError as exc:
@@ -291,6 +297,8 @@ class SignedHTTP:
             headers = self._headers(method, url, content_type)
         else:
             headers = {"Content-Type": content_type, "Accept": "application/json"}
+        import aiohttp
+
         limit = timeout if timeout is not None else self.request_timeout
         what = f"{method} {url.raw_path}"
         with self._map_transport_errors(what, limit):
@@ -361,6 +369,8 @@ class SignedHTTP:
 
     async def websocket(self, path: str, *, heartbeat: float) -> aiohttp.ClientWebSocketResponse:
         """A signed WebSocket connection to ``path``; errors as for :meth:`request`."""
+        import aiohttp
+
         url = self._url(path)
         headers = self._headers("GET", url, BODYLESS_CONTENT_TYPE)
         with self._map_transport_errors(f"GET {url.raw_path}", self.connect_timeout):

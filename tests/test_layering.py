@@ -27,6 +27,9 @@ HEAVY = ("aiohttp", "zmq", "ipykernel", "jupyter_client", "tornado")
         ("remote_kernel.client", ("remote_kernel.server", "ipykernel", "zmq")),
         ("remote_kernel.proxy.channel", ("remote_kernel.server", "ipykernel", "zmq")),
         ("remote_kernel.server.app", ("remote_kernel.proxy", "ipykernel")),
+        # the kernel's start-up path: aiohttp (0.1 s) loads in a thread once the app starts
+        ("remote_kernel.proxy.app", ("aiohttp",)),
+        ("remote_kernel.proxy.early", ("aiohttp", "zmq", "ipykernel")),
     ],
 )
 def test_imports_flow_one_way(module: str, forbidden: tuple[str, ...]) -> None:

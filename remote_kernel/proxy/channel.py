@@ -24,15 +24,16 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from .. import frames
 from .. import protocol as p
 from ..client import RunLoopClient
 from ..errors import ProtocolError, RemoteKernelError, TransportError, error_from_problem
 from ..runloop import RunState, Update
+
+if TYPE_CHECKING:  # imported when a channel opens (see remote_kernel.signed_http)
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class ChannelTransport:
     # -- connection ----------------------------------------------------------------------------
     async def open(self) -> None:
         """Connect and read the ``hello``; raise :class:`RemoteKernelError` when that fails."""
+        import aiohttp
+
         ws = await self.client.open_channel(self.session_id)
         try:
             msg = await ws.receive(timeout=self.client.connect_timeout)
@@ -131,6 +134,8 @@ class ChannelTransport:
         self._give_up(ChannelLost("the push channel was closed"))
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        import aiohttp
+
         try:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
@@ -251,6 +256,8 @@ class ChannelTransport:
 
     async def _send(self, frame: dict[str, Any]) -> bool:
         """Send if connected; a frame lost here is sent again after the reconnect."""
+        import aiohttp
+
         ws = self._ws
         if ws is None or ws.closed:
             return False
