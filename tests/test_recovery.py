@@ -244,7 +244,10 @@ def test_keep_work_dirs_keeps_a_destroyed_sessions_files(tmp_path: Path) -> None
     try:
         sid = asyncio.run(scenario())
         sdir = srv.state_dir / "sessions" / sid
+        deadline = time.monotonic() + 10  # the kernel stops after the DELETE's answer
+        while sorted(p.name for p in sdir.iterdir()) != ["work"]:  # no record: not recovered
+            assert time.monotonic() < deadline, sorted(p.name for p in sdir.iterdir())
+            time.sleep(0.05)
         assert (sdir / "work" / "result.txt").read_text() == "kept"
-        assert sorted(p.name for p in sdir.iterdir()) == ["work"]  # no record: not recovered
     finally:
         srv.stop()

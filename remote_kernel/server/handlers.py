@@ -182,7 +182,7 @@ async def session_info(request: web.Request) -> web.Response:
 
 async def destroy_session(request: web.Request) -> web.Response:
     session = session_of(request)
-    await request.app[manager_key].destroy(session)
+    await request.app[manager_key].destroy(session, wait=False)
     return json_response({"stats": {"status": "terminated"}})
 
 

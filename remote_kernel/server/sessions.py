@@ -188,6 +188,7 @@ class SessionManager:
         self._starting: dict[str, int] = {}
         self._in_flight: set[asyncio.Event] = set()
         self._epoch = 0  # bumped by shutdown_all: a start that straddles it is undone
+        self._stopping: set[asyncio.Task[None]] = set()  # destroys finishing in the background
 
     def owned_by(self, owner: str) -> list[Session]:
         return [s for s in self._by_id.values() if s.owner == owner]
@@ -451,13 +452,28 @@ class SessionManager:
         await session.runner.restart()
         self._publish("kernel_started", session, "restarted")
 
-    async def destroy(self, session: Session, reason: str = "user-requested") -> None:
-        """Stop the kernel and delete the session's work directory (mounted folders stay)."""
+    async def destroy(
+        self, session: Session, reason: str = "user-requested", *, wait: bool = True
+    ) -> None:
+        """Stop the kernel and delete the session's work directory (mounted folders stay).
+
+        The session is gone at once (404, its name free, its channel refusing work); with
+        ``wait`` false the kernel is stopped and the directory removed in the background (a
+        client's DELETE does not wait for them: a kernel restart from the frontend is that
+        much faster), and :meth:`shutdown_all` waits for them."""
         if self._by_id.pop(session.id, None) is None:
             return
         session.destroyed = True
         session.runner.on_change = None
         self._publish("session_terminating", session, reason)
+        if wait:
+            await self._stop(session, reason)
+            return
+        task = asyncio.ensure_future(self._stop(session, reason))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def _stop(self, session: Session, reason: str) -> None:
         await session.runner.shutdown()
         for dest in session.mounts:  # unlink first: rmtree never follows links, but be explicit
             with contextlib.suppress(OSError):
@@ -476,8 +492,9 @@ class SessionManager:
         starting = [done.wait() for done in self._in_flight]
         sessions = list(self._by_id.values())
         await asyncio.gather(
-            *(self.destroy(s) for s in sessions), *starting, return_exceptions=True
-        )
+            *(self.destroy(s) for s in sessions), *starting, *self._stopping,
+            return_exceptions=True,
+        )  # fmt: skip
 
     def _remove_dir(self, sdir: Path) -> None:
         """A destroyed session's directory goes (with ``keep_work_dirs``, all but its files)."""
