@@ -187,6 +187,12 @@ async def test_mounted_folder_outlives_the_session(api: RawAPI, server: ServerPr
     status, body = await api.call("GET", f"/session/{first}/files?path={folder}")
     assert status == 200 and "note.txt" in body["files"]
     await api.destroy(first)
+    gone = server.state_dir / "sessions" / first
+    for _ in range(200):  # the DELETE answers at once; the session's directory goes right after
+        if not gone.exists():
+            break
+        await asyncio.sleep(0.05)
+    assert not gone.exists()
     assert (on_disk / "note.txt").read_text() == "from one"
     second = await api.create(
         f"t-m2-{uuid.uuid4().hex[:6]}", config={"mount_map": {folder: "/home/work/data"}}
