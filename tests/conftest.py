@@ -6,6 +6,7 @@ Every server started here is a real subprocess (``python -m remote_kernel serve`
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -204,3 +205,21 @@ async def app_client(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[Any]:
     client = await aiohttp_client(app)
     yield client
     await client.close()
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """No pool, and an image (``slowpy``) whose kernels take two seconds to start."""
+    base = tmp_path_factory.mktemp("slow-start")
+    spec = base / "share" / "kernels" / "slowpy"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": ["/bin/sh", "-c", f"sleep 2; exec {sys.executable} -m ipykernel_launcher -f \"$0\"",
+                 "{connection_file}"],
+        "display_name": "Python (slow to start)", "language": "python",
+    }))  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", str(base / "share"))
+        srv = start_server(base)
+    yield srv
+    srv.stop()

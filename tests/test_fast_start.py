@@ -7,12 +7,9 @@ nobody takes (a kernel that fails to start, a mismatched prediction) is destroye
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +17,14 @@ from typing import Any
 import pytest
 from jupyter_client.manager import KernelManager
 
-from remote_kernel.client import RunLoopClient, negotiate_version
+from remote_kernel.client import negotiate_version
 from remote_kernel.proxy import early
 from remote_kernel.proxy.session import SessionSpec
 from remote_kernel.signed_http import DEFAULT_ENDPOINT
 
 from .conftest import ServerProcess, start_server
 from .kernel_helpers import execute, install_kernelspec
+from .test_kernel import _sessions, _wait
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -106,43 +104,8 @@ def pooled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     srv.stop()
 
 
-def _sessions(srv: ServerProcess) -> list[dict[str, Any]]:
-    async def call() -> Any:
-        async with RunLoopClient(srv.endpoint, srv.access_key, srv.secret_key) as client:
-            return await client._request("GET", "/session")
-
-    return list(asyncio.run(call())["items"])
-
-
-def _wait(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return bool(predicate())
-
-
 def _log_lines(srv: ServerProcess, word: str) -> list[str]:
     return [line for line in srv.log_path.read_text().splitlines() if f") {word}" in line]
-
-
-@pytest.fixture(scope="module")
-def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """No pool, and kernels that take two seconds to start."""
-    base = tmp_path_factory.mktemp("slow-start")
-    spec = base / "share" / "kernels" / "slowpy"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": ["/bin/sh", "-c", f"sleep 2; exec {sys.executable} -m ipykernel_launcher -f \"$0\"",
-                 "{connection_file}"],
-        "display_name": "Python (slow to start)", "language": "python",
-    }))  # fmt: skip
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", str(base / "share"))
-        srv = start_server(base)
-    yield srv
-    srv.stop()
 
 
 def _first_kernel_info(kc: Any) -> dict[str, Any]:

@@ -7,9 +7,7 @@ about two seconds to start (a kernelspec that sleeps first), one with its defaul
 
 from __future__ import annotations
 
-import json
 import re
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,23 +18,6 @@ from .conftest import ServerProcess, start_server
 from .kernel_helpers import execute, install_kernelspec, running_kernel
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    base = tmp_path_factory.mktemp("slow-start")
-    spec = base / "share" / "kernels" / "slowpy"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": ["/bin/sh", "-c", f"sleep 2; exec {sys.executable} -m ipykernel_launcher -f \"$0\"",
-                 "{connection_file}"],
-        "display_name": "Python (slow to start)", "language": "python",
-    }))  # fmt: skip
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", str(base / "share"))
-        srv = start_server(base)
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +330,7 @@ class SessionRunner:
         run.task = asyncio.ensure_future(self._follow_resumed(run))
 
     async def _follow_resumed(self, run: Run) -> None:
-        try:
+        with _run_ends(run, "could not follow this cell"):
             async with self._shell_lock:
                 assert self.io is not None and run.msg_id is not None
                 request = self.io.expect(
@@ -340,14 +340,6 @@ class SessionRunner:
                 )  # fmt: skip
                 reply = await self._until_done_or_dead(asyncio.ensure_future(request.done()))
             await self._end_run(run, reply)
-        except asyncio.CancelledError:
-            run.finish(1, run.error_reply("SessionEnded", "The run was stopped."))
-            raise
-        except KernelGone as exc:
-            run.fail("SessionEnded", f"The run was stopped: {exc}.")
-        except Exception as exc:  # never leave a run unfinished
-            log.exception("resumed run %s failed", run.run_id)
-            run.fail("ServerError", f"The server could not follow this cell: {exc}")
 
     async def shutdown(self) -> None:
         """Stop the kernel and end any run (bounded; kills if the kernel does not stop)."""
@@ -437,7 +429,7 @@ class SessionRunner:
 
     async def _run(self, run: Run, req: ExecuteRequest) -> None:
         opts = req.options if run.jupyter else {}
-        try:
+        with _run_ends(run, "could not run this cell"):
             async with self._shell_lock:
                 if run.status == p.FINISHED:  # ended while queued (restart, destroy)
                     return
@@ -463,15 +455,6 @@ class SessionRunner:
                 self.changed()  # recorded: a server started after a crash follows this run
                 reply = await self._until_done_or_dead(asyncio.ensure_future(request.done()))
             await self._end_run(run, reply)
-        except asyncio.CancelledError:
-            run.finish(1, run.error_reply("SessionEnded", "The run was stopped."))
-            raise
-        except KernelGone as exc:  # restarted or destroyed under the run (which says so)
-            run.fail("SessionEnded", f"The run was stopped: {exc}.")
-        except Exception as exc:  # never leave a run unfinished
-            log.exception("run %s failed", run.run_id)
-            message = f"The server could not run this cell: {type(exc).__name__}: {exc}"
-            run.fail("ServerError", message)
 
     async def _end_run(self, run: Run, reply: dict[str, Any] | None) -> None:
         """Finish ``run`` with the kernel's reply (None: the kernel died under it)."""
@@ -681,6 +664,22 @@ def session_env(environ: dict[str, str]) -> dict[str, str]:
     bindir = os.path.dirname(sys.executable)
     env["PATH"] = os.pathsep.join([bindir, env.get("PATH", os.defpath)])
     return env
+
+
+@contextlib.contextmanager
+def _run_ends(run: Run, what: str) -> Iterator[None]:
+    """Never leave a run unfinished: cancelled (restart, destroy), its kernel gone, or a bug
+    of ours, it ends with an error reply that says so."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        run.finish(1, run.error_reply("SessionEnded", "The run was stopped."))
+        raise
+    except KernelGone as exc:  # restarted or destroyed under the run
+        run.fail("SessionEnded", f"The run was stopped: {exc}.")
+    except Exception as exc:
+        log.exception("run %s failed", run.run_id)
+        run.fail("ServerError", f"The server {what}: {type(exc).__name__}: {exc}")
 
 
 def _not_running(msg_type: str, why: str = "the kernel is not running") -> dict[str, Any]:
