@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from remote_kernel.server.keystore import KeyStore
 from remote_kernel.server.sessions import SessionManager
 from remote_kernel.server.settings import ServerSettings
 
+from .kernel_helpers import stop_fork_servers
 from .rawapi import RawAPI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,10 +47,16 @@ def _isolated_jupyter_dirs() -> Iterator[None]:
     # Servers the tests start keep no warm pool (two spare kernels per server would double the
     # suite's kernel starts on a 2-core machine); tests of the pool turn it on themselves.
     os.environ["REMOTE_KERNEL_POOL_SIZE"] = "0"
+    # Proxy kernels fork from a fork server of this session's own (a short path: it holds a
+    # Unix socket), stopped at the end.
+    forkservers = Path(tempfile.mkdtemp(prefix="rkfs-"))
+    os.environ["REMOTE_KERNEL_FORKSERVER_DIR"] = str(forkservers)
     os.environ.pop("BACKEND_ENDPOINT", None)
     os.environ.pop("BACKEND_ACCESS_KEY", None)
     os.environ.pop("BACKEND_SECRET_KEY", None)
     yield
+    stop_fork_servers(forkservers)
+    shutil.rmtree(forkservers, ignore_errors=True)
     os.environ.clear()
     os.environ.update(saved)
 

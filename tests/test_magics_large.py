@@ -55,7 +55,10 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def kernel(
     big_server: ServerProcess, folder: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    install_kernelspec("remote-magics-large", big_server.env,
+    # the kernel runs in the process jupyter_client started (not forked from the fork server),
+    # so that its pid is the one whose memory is measured
+    env = {**big_server.env, "REMOTE_KERNEL_FORKSERVER": "0"}
+    install_kernelspec("remote-magics-large", env,
                        prefix=tmp_path_factory.mktemp("spec-large"),
                        extra_argv=["--RemoteKernel.transfer_progress_after=0.2"])  # fmt: skip
     with kernel_in("remote-magics-large", folder) as pair:

@@ -19,13 +19,12 @@ The run loop's state machine (:mod:`remote_kernel.runloop`) and the HTTP client
 
 from __future__ import annotations
 
-from typing import Any
-
 __all__ = ["RemoteKernel", "RemoteKernelApp"]
 
 
-def __getattr__(name: str) -> Any:
-    """Import the kernel lazily, so the pure modules here load without ipykernel."""
+def __getattr__(name: str) -> object:
+    """Import the kernel lazily, so the pure modules here load without ipykernel (nor typing:
+    the kernel's launcher, ``launch``, is all standard library and quick to import)."""
     if name == "RemoteKernel":
         from .kernel import RemoteKernel
 

@@ -92,6 +92,13 @@ class _Interrupted(Exception):
     """The cell was interrupted before its run started."""
 
 
+SHUT_DOWN = "the kernel shut down while this cell ran"
+
+
+class KernelShuttingDown(Exception):
+    """The kernel shut down (closing its channel and client) while the cell ran."""
+
+
 @dataclass(eq=False)
 class CellRun:
     """Everything about the cell being executed."""
@@ -148,6 +155,8 @@ class CellRun:
         except RemoteKernelError as exc:
             return self.local_error(*self._describe(exc))
         except Exception as exc:  # a bug must still end the cell with a reply
+            if self.host.remote.shutting_down:  # its client was closed under it: not a bug
+                return self.local_error("KernelShuttingDown", SHUT_DOWN)
             log.exception("unexpected error while running a cell")
             return self.local_error(type(exc).__name__, f"remote_kernel failed: {exc}")
 
@@ -251,6 +260,8 @@ class CellRun:
             try:
                 update = await self.transport.next(state)
             except ChannelLost as exc:
+                if self.host.remote.shutting_down:  # the kernel closes it: the cell ends here
+                    raise KernelShuttingDown() from exc
                 log.warning("push channel lost mid-run (%s); continuing over HTTP polling", exc)
                 self.transport = self.host.remote.polling()
                 continue

@@ -34,6 +34,7 @@ import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+import zmq
 from ipykernel.kernelbase import Kernel
 from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, Unicode, default
 
@@ -424,6 +425,10 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         self._executing += 1  # set before the handler's first await: shell_main relies on it
         try:
             await super().execute_request(stream, ident, parent)
+        except zmq.ZMQError:
+            if not self.remote.shutting_down:
+                raise
+            # shut down while the cell ran: its reply has no socket left to go to
         finally:
             self._executing -= 1
 
