@@ -17,18 +17,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stats import percentile  # benchmarks/stats.py
 
+from remote_kernel import protocol as p
 from remote_kernel.server.isolation import Isolation
 from remote_kernel.server.limits import Resources
 from remote_kernel.server.sessions import SessionManager
-
-
-def _quiet(msg: dict[str, Any]) -> None:
-    """Drop output (execute_interactive would print it)."""
 
 
 def rss_kb(pid: int) -> int:
@@ -75,7 +71,14 @@ async def creates(pool_size: int, count: int, sandbox: str) -> dict[str, float]:
                 session, _ = await manager.create(
                     "bench", name=f"bench-{i}", image="python", config={}, reuse=False
                 )
-                await session.runner.kc.execute_interactive("1", timeout=120, output_hook=_quiet)
+                # the first cell, on the server's own run path (as a client's first query)
+                run = session.runner.run_for(
+                    p.ExecuteRequest("query", "1", None, {"console": "jupyter"})
+                )
+                assert run.task is not None
+                await asyncio.wait_for(asyncio.shield(run.task), 120)
+                if run.reply is None or run.reply.get("status") != "ok":
+                    raise RuntimeError(f"the first cell of bench-{i} failed: {run.reply}")
                 return time.perf_counter() - t0
 
             t0 = time.perf_counter()
