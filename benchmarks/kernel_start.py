@@ -30,6 +30,7 @@ from jupyter_client.manager import AsyncKernelManager
 from remote_kernel.demo import DemoServer
 from remote_kernel.kernelspec import install
 from remote_kernel.proxy import launch
+from remote_kernel.proxy.forkserver import kernel_of
 
 SPEC = "remote-start-bench"
 KINDS = {"local": ("python3", {}), "proxy cold": (SPEC, {launch.SWITCH_ENV: "0"}),
@@ -77,14 +78,6 @@ def memory(pid: int) -> dict[str, int]:
             "uss": fields["Private_Clean"] + fields["Private_Dirty"]}  # fmt: skip
 
 
-def forked_pid(directory: Path, launcher: int) -> int | None:
-    for log in directory.glob("*.log"):
-        for line in log.read_text().splitlines():
-            if line.endswith(f"for launcher {launcher}", 0, line.find(" in ")):
-                return int(line.split("] kernel ", 1)[1].split()[0])
-    return None
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--starts", type=int, default=9)
@@ -128,7 +121,7 @@ async def main() -> int:
                 for km, _, _ in running:
                     launcher = km.provisioner.process.pid  # type: ignore[attr-defined]
                     pids = [launcher]
-                    kernel = forked_pid(fs_dir, launcher) if kind == "proxy forked" else None
+                    kernel = kernel_of(fs_dir, launcher) if kind == "proxy forked" else None
                     if kernel is not None:
                         pids.append(kernel)
                     got = [memory(p) for p in pids]

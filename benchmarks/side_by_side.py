@@ -421,6 +421,8 @@ def setup_proxy(
             reap(tree, 5.0)
 
         system.stoppers.append(stop_server)
+        fork_servers = Path(tempfile.mkdtemp(prefix="rkfs-"))
+        system.stoppers.append(lambda: stop_fork_servers(fork_servers))
         server.start(timeout=60)
         host, _, port = server.endpoint.removeprefix("http://").partition(":")
         system.relay = RelayProcess(host, int(port), workdir / "relay.log")
@@ -438,6 +440,8 @@ def setup_proxy(
                 "BACKEND_ENDPOINT": system.relay.url,
                 "BACKEND_ACCESS_KEY": server.access_key,
                 "BACKEND_SECRET_KEY": server.secret_key,
+                # the proxy's fork server: this run's own, stopped with the system
+                "REMOTE_KERNEL_FORKSERVER_DIR": str(fork_servers),
             },
             os.pathsep.join(
                 p for p in (str(prefix / "share" / "jupyter"), os.environ.get("JUPYTER_PATH")) if p
@@ -448,6 +452,17 @@ def setup_proxy(
     except Exception as exc:
         system.error = f"{type(exc).__name__}: {exc}"
     return system
+
+
+def stop_fork_servers(directory: Path) -> None:
+    pids = []
+    for lock in directory.glob("*.lock"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.append(int(lock.read_text()))
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    reap(pids, 10.0)
 
 
 def setup_gateway(workdir: Path, nodelay: bool) -> System:

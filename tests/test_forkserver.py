@@ -23,6 +23,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 from remote_kernel.proxy import launch
+from remote_kernel.proxy.forkserver import kernel_of
 
 from .conftest import ServerProcess
 from .kernel_helpers import (
@@ -72,9 +73,9 @@ def _forked_for(directory: Path, launcher: int, timeout: float = 10) -> int:
     """The pid of the kernel forked for ``launcher`` (from the fork server's log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in _log(directory).splitlines():
-            if line.endswith(f"for launcher {launcher}", 0, line.find(" in ")):
-                return int(line.split("] kernel ", 1)[1].split()[0])
+        kernel = kernel_of(directory, launcher)
+        if kernel is not None:
+            return kernel
         time.sleep(0.05)
     raise AssertionError(f"no kernel forked for {launcher}; log:\n{_log(directory)}")
 
@@ -261,3 +262,16 @@ def test_a_malformed_request_is_refused_and_the_server_keeps_serving(fs_dir: Pat
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
+
+
+def test_a_directory_that_is_not_private_means_an_in_process_start(
+    spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv(launch.DIR_ENV, str(shared))
+    monkeypatch.delenv(launch.SWITCH_ENV, raising=False)
+    with running_kernel(spec) as (_km, kc):
+        assert _outputs(kc, "1 + 1") == [("result", "2")]
+    assert list(shared.iterdir()) == []  # no socket, no server: nothing was left there

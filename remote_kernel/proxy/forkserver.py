@@ -284,6 +284,17 @@ def _watch_launcher(conn: socket.socket) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def kernel_of(directory: Path, launcher: int) -> int | None:
+    """The pid of the kernel forked for ``launcher`` by a fork server logging in ``directory``
+    (from the logs: for tests and benchmarks, which see only the launcher's pid)."""
+    for path in directory.glob("*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            head, sep, _ = line.partition(" in ")
+            if sep and head.endswith(f" forked for launcher {launcher}") and "] kernel " in head:
+                return int(head.split("] kernel ", 1)[1].split()[0])
+    return None
+
+
 def log(text: str) -> None:
     print(
         f"[remote-kernel fork server {time.strftime('%H:%M:%S')}] {text}",

@@ -108,7 +108,10 @@ def run(argv: list[str]) -> int:
     """Run the kernel ``argv`` describes in a forked process; its exit code.
 
     Raises :class:`Unavailable` (before anything was started) when no fork server answers."""
-    path = socket_path()
+    try:
+        path = socket_path()
+    except OSError as exc:  # no private directory could be made
+        raise Unavailable(str(exc)) from None
     sock = _connect(path)
     try:
         pid = _request(sock, argv)
@@ -145,7 +148,7 @@ def _request(sock: socket.socket, argv: list[str]) -> int:
         socket.send_fds(sock, [HEADER.pack(len(body))], fds)
         sock.sendall(body)
         answer = _read_line(sock)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise Unavailable(f"the fork server did not answer: {exc}") from None
     if "pid" not in answer:
         raise Unavailable(f"the fork server could not start the kernel: {answer.get('error')}")
@@ -166,7 +169,7 @@ def _stand_in(sock: socket.socket, pid: int) -> int:
     sock.settimeout(None)
     try:
         answer = _read_line(sock)
-    except OSError:
+    except (OSError, ValueError):
         answer = {}
     if "exit" not in answer:  # the fork server died: so does the kernel (its parent poller)
         forward(signal.SIGTERM, None)
