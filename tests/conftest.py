@@ -182,6 +182,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="module")
+def pooled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real server with the default warm pool (the suite's servers otherwise keep none)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("REMOTE_KERNEL_POOL_SIZE")
+        srv = start_server(tmp_path_factory.mktemp("pooled"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
 def base_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A real server with extensions off: it behaves like a real Backend.AI manager."""
     srv = start_server(tmp_path_factory.mktemp("base-server"), "--ServerApp.extensions=False")

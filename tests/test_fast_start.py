@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from remote_kernel.proxy import early
 from remote_kernel.proxy.session import SessionSpec
 from remote_kernel.signed_http import DEFAULT_ENDPOINT
 
-from .conftest import ServerProcess, start_server
+from .conftest import ServerProcess
 from .kernel_helpers import execute, install_kernelspec
 from .test_kernel import _sessions, _wait
 
@@ -95,15 +94,6 @@ def test_the_early_client_agrees_with_the_async_client() -> None:
 
 
 # -- real servers --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pooled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("REMOTE_KERNEL_POOL_SIZE")  # the server's default: a warm pool
-        srv = start_server(tmp_path_factory.mktemp("pooled"))
-    yield srv
-    srv.stop()
-
-
 def _log_lines(srv: ServerProcess, word: str) -> list[str]:
     return [line for line in srv.log_path.read_text().splitlines() if f") {word}" in line]
 

@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import ServerProcess, start_server
+from .conftest import ServerProcess
 from .kernel_helpers import execute, install_kernelspec, running_kernel
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def pooled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("REMOTE_KERNEL_POOL_SIZE")  # the server's default: a warm pool
-        srv = start_server(tmp_path_factory.mktemp("pooled"))
-    yield srv
-    srv.stop()
 
 
 def stderr_text(outputs: list[dict]) -> str:
