@@ -54,6 +54,13 @@ def spec(server: ServerProcess) -> str:
     return "rk-forked"
 
 
+def _spawn_server() -> None:
+    """Start a fork server as a launcher would: from a fresh interpreter, whose ``sys.path`` (and
+    so the socket's fingerprint) is the kernel's, whatever path pytest was started with."""
+    code = "from remote_kernel.proxy import launch; launch.spawn_server()"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
 def _wait_for_server(directory: Path, timeout: float = 30) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -67,6 +74,17 @@ def _wait_for_server(directory: Path, timeout: float = 30) -> int:
 
 def _log(directory: Path) -> str:
     return "".join(p.read_text() for p in directory.glob("*.log"))
+
+
+def _logged(directory: Path, line: str, timeout: float = 10) -> bool:
+    """Whether the fork server logs ``line`` within ``timeout`` (it reaps its children in its
+    own loop, so a kernel can be a zombie, gone for ``_gone``, before its end is logged)."""
+    deadline = time.monotonic() + timeout
+    while line not in _log(directory):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _forked_for(directory: Path, launcher: int, timeout: float = 10) -> int:
@@ -136,12 +154,12 @@ def test_the_first_start_runs_in_process_and_starts_a_server_the_next_is_forked(
         reply, _ = execute(kc, "1/0")
         assert (reply["status"], reply["ename"]) == ("error", "ZeroDivisionError")
     assert _gone(kernel)
-    assert f"kernel {kernel} ended (0)" in _log(fs_dir)
+    assert _logged(fs_dir, f"kernel {kernel} ended (0)"), _log(fs_dir)
     assert fork_servers(fs_dir) == [server_pid]  # it stays for the next kernel
 
 
 def test_killing_the_launcher_kills_its_kernel(fs_dir: Path, spec: str) -> None:
-    launch.spawn_server()
+    _spawn_server()
     _wait_for_server(fs_dir)
     km, kc = start_new_kernel(kernel_name=spec, startup_timeout=TIMEOUT)
     try:
@@ -150,14 +168,14 @@ def test_killing_the_launcher_kills_its_kernel(fs_dir: Path, spec: str) -> None:
         assert _outputs(kc, "1 + 1") == [("result", "2")]
         os.kill(launcher, signal.SIGKILL)  # what jupyter_client's kill does
         assert _gone(kernel), "the forked kernel outlived its launcher"
-        assert f"kernel {kernel} ended (-9)" in _log(fs_dir)
+        assert _logged(fs_dir, f"kernel {kernel} ended (-9)"), _log(fs_dir)
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
 
 
 def test_a_signal_reaches_the_kernel_and_its_end_comes_back(fs_dir: Path, spec: str) -> None:
-    launch.spawn_server()
+    _spawn_server()
     _wait_for_server(fs_dir)
     km, kc = start_new_kernel(kernel_name=spec, startup_timeout=TIMEOUT)
     try:
@@ -174,7 +192,7 @@ def test_a_signal_reaches_the_kernel_and_its_end_comes_back(fs_dir: Path, spec: 
 def test_the_switch_turns_forking_off(
     fs_dir: Path, spec: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    launch.spawn_server()
+    _spawn_server()
     _wait_for_server(fs_dir)
     monkeypatch.setenv(launch.SWITCH_ENV, "0")
     with running_kernel(spec) as (km, kc):

@@ -72,12 +72,16 @@ class ForkServer:
     # -- the loop ----------------------------------------------------------------------------
     def serve(self) -> int:
         listener = self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bound and listening under a temporary name, then renamed over a dead server's socket
+        # (we hold the lock): a launcher never finds a socket that refuses it.
+        fresh = self.path.with_name(self.path.name + ".new")
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # a dead server's (we hold the lock)
-        listener.bind(str(self.path))
-        os.chmod(self.path, 0o600)
+            fresh.unlink()
+        listener.bind(str(fresh))
+        os.chmod(fresh, 0o600)
         listener.listen(64)
-        self._inode = os.stat(self.path).st_ino
+        self._inode = os.stat(fresh).st_ino
+        os.replace(fresh, self.path)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
