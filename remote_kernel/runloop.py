@@ -84,8 +84,10 @@ class RunState:
     @property
     def waiting(self) -> bool:
         """The run waits for an answer the user has not given yet."""
-        return self.last is not None and self.last.status == p.WAITING_INPUT and (
-            self.prompt > self.answered
+        return (
+            self.last is not None
+            and self.last.status == p.WAITING_INPUT
+            and (self.prompt > self.answered)
         )
 
     # -- HTTP polling --------------------------------------------------------------------------

@@ -125,8 +125,10 @@ class _Direction:
                 self._push(loop.time() + relay.delay, _ABORT)
                 return
             deadline = loop.time() + relay.delay
-            if relay.block_websocket and self is self.conn.up and b"upgrade: websocket" in (
-                data.lower()
+            if (
+                relay.block_websocket
+                and self is self.conn.up
+                and b"upgrade: websocket" in (data.lower())
             ):
                 self.conn.relay.blocked += 1
                 self._push(deadline, _ABORT)

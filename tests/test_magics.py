@@ -412,13 +412,19 @@ def test_upload_plan(tmp_path: Path) -> None:
         (tmp_path / rel).write_text("12345")
     plan = upload_plan(tmp_path, ["a.csv", "d"], "out")
     assert [(i.remote, i.size) for i in plan] == [
-        ("out/a.csv", 5), ("out/d/.env", 5), ("out/d/b.txt", 5), ("out/d/e/c.txt", 5)]
+        ("out/a.csv", 5),
+        ("out/d/.env", 5),
+        ("out/d/b.txt", 5),
+        ("out/d/e/c.txt", 5),
+    ]
     assert [i.remote for i in upload_plan(tmp_path, ["d/"], "")] == [".env", "b.txt", "e/c.txt"]
     assert [i.remote for i in upload_plan(tmp_path / "d", ["."], "x")][:1] == ["x/.env"]
     with pytest.raises(MagicError) as info:
         upload_plan(tmp_path, ["a.csv", "missing.csv"], "")
     assert (info.value.ename, str(info.value)) == (
-        "FileNotFoundError", f"No such file or folder: 'missing.csv' (in {tmp_path}).")
+        "FileNotFoundError",
+        f"No such file or folder: 'missing.csv' (in {tmp_path}).",
+    )
 
 
 # -- the kernelspec option ---------------------------------------------------------------------
@@ -468,7 +474,9 @@ async def test_a_404_is_a_missing_file_unless_the_session_is_gone() -> None:
     with pytest.raises(MagicError) as info:
         await transfer.list_folder(FakeFileClient(), "sid", "nope")  # type: ignore[arg-type]
     assert (info.value.ename, str(info.value)) == (
-        "FileNotFoundError", "No such file or directory in the session: 'nope'.")
+        "FileNotFoundError",
+        "No such file or directory in the session: 'nope'.",
+    )
     with pytest.raises(SessionNotFoundError, match="No such session"):
         gone = FakeFileClient(session_alive=False)
         await transfer.list_folder(gone, "sid", "nope")  # type: ignore[arg-type]
@@ -488,7 +496,9 @@ async def test_a_damaged_archive_is_a_protocol_error(tmp_path: Path) -> None:
 )
 def test_the_pure_parts_import_no_io_library(module: str) -> None:
     heavy = ("aiohttp", "zmq", "ipykernel", "jupyter_client", "tornado")
-    code = (f"import sys, {module}\n"
-            f"print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))")
+    code = (
+        f"import sys, {module}\n"
+        f"print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -116,17 +116,22 @@ def test_help(base_kc: BlockingKernelClient) -> None:
 
 def test_upload_files_and_folders_then_use_them_remotely(base_kc: BlockingKernelClient) -> None:
     assert ok(base_kc, "%remote upload data.csv pics --to inbox") == [
-        ("stdout", "Uploaded 3 files (2.0 KiB) to inbox/ in the work directory.\n")]
+        ("stdout", "Uploaded 3 files (2.0 KiB) to inbox/ in the work directory.\n")
+    ]
     assert ok(base_kc, "%remote ls inbox") == [
-        ("stdout", "      12 B  data.csv\n         -  pics/\n")]
+        ("stdout", "      12 B  data.csv\n         -  pics/\n")
+    ]
     assert ok(base_kc, "%remote ls /home/work/inbox/pics") == [
-        ("stdout", "   2.0 KiB  a.png\n         -  sub/\n")]
+        ("stdout", "   2.0 KiB  a.png\n         -  sub/\n")
+    ]
     code = "print(open('inbox/data.csv').read() + open('inbox/pics/sub/b.txt').read(), end='')"
     assert ok(base_kc, code) == [("stdout", DATA + HELLO)]
     assert ok(base_kc, "print(len(open('inbox/pics/a.png', 'rb').read()))") == [
-        ("stdout", "2000\n")]
+        ("stdout", "2000\n")
+    ]
     assert ok(base_kc, "%remote upload pics/sub/") == [
-        ("stdout", "Uploaded 1 file (6 B) to the work directory.\n")]
+        ("stdout", "Uploaded 1 file (6 B) to the work directory.\n")
+    ]
     assert ok(base_kc, "print(open('b.txt').read(), end='')") == [("stdout", HELLO)]
 
 
@@ -135,10 +140,12 @@ def test_download_files_and_folders(base_kc: BlockingKernelClient, base_folder: 
                 "open('results/r.txt', 'w').write('r' * 10)\n"
                 "open('results/deep/s.txt', 'w').write('s' * 2000)")  # fmt: skip
     assert ok(base_kc, "%remote download results/r.txt") == [
-        ("stdout", "Downloaded 1 file (10 B) into the notebook's folder.\n")]
+        ("stdout", "Downloaded 1 file (10 B) into the notebook's folder.\n")
+    ]
     assert (base_folder / "r.txt").read_text() == "r" * 10
     assert ok(base_kc, "%remote download results --to back") == [
-        ("stdout", "Downloaded 2 files (2.0 KiB) into back/.\n")]
+        ("stdout", "Downloaded 2 files (2.0 KiB) into back/.\n")
+    ]
     assert (base_folder / "back" / "results" / "r.txt").read_text() == "r" * 10
     assert (base_folder / "back" / "results" / "deep" / "s.txt").read_text() == "s" * 2000
 
@@ -183,7 +190,8 @@ def test_errors_end_the_cell_with_status_error(
     reply, outputs = run(base_kc, "print('one')\n%remote ls\n%remote ls ../x")
     assert reply["status"] == "error"
     assert shown(outputs) == [
-        ("error", "UsageError", "line 3: %remote: '../x' leaves the work directory.")]
+        ("error", "UsageError", "line 3: %remote: '../x' leaves the work directory.")
+    ]
 
     # a failing step stops the rest
     reply, outputs = run(base_kc, "print('one')\n%remote upload missing.csv\nprint('two')")
@@ -194,8 +202,9 @@ def test_errors_end_the_cell_with_status_error(
          f"No such file or folder: 'missing.csv' (in {base_folder})."),
     ]  # fmt: skip
     reply, outputs = run(base_kc, "%remote download nope.txt")
-    assert shown(outputs) == [("error", "FileNotFoundError",
-                               "No such file or folder in the work directory: 'nope.txt'.")]
+    assert shown(outputs) == [
+        ("error", "FileNotFoundError", "No such file or folder in the work directory: 'nope.txt'.")
+    ]
     reply, outputs = run(base_kc, "%remote ls nope")
     assert reply["ename"] == "FileNotFoundError" and reply["evalue"].startswith("No such file")
     assert run(base_kc, "print('still fine')")[0]["status"] == "ok"
@@ -205,15 +214,20 @@ def test_a_failing_magic_stops_a_notebook_run(
     base_kc: BlockingKernelClient, tmp_path: Path
 ) -> None:
     """nbclient (and papermill, on top of it) stop at the cell whose reply is an error."""
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in
-                                         ("x = 1", "%remote upload nothing.csv", "print(x)")])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(source)
+            for source in ("x = 1", "%remote upload nothing.csv", "print(x)")
+        ]
+    )
     client = NotebookClient(nb, kernel_name="remote-magics-base", timeout=60,
                             resources={"metadata": {"path": str(tmp_path)}})  # fmt: skip
     with pytest.raises(CellExecutionError) as info:
         client.execute()
     assert info.value.ename == "FileNotFoundError"
     assert nb.cells[1].outputs[0]["evalue"] == (
-        f"No such file or folder: 'nothing.csv' (in {tmp_path}).")
+        f"No such file or folder: 'nothing.csv' (in {tmp_path})."
+    )
     assert nb.cells[2].outputs == [] and nb.cells[2].execution_count is None
 
 
@@ -302,14 +316,17 @@ def test_sync_on_start_then_sync_counts_and_down(
     assert ok(kc, "%remote ls") == [("stdout", "         -  data/\n       6 B  notes.txt\n")]
     assert ok(kc, "%remote ls data") == [("stdout", "      12 B  values.csv\n")]
     assert ok(kc, "%remote sync") == [
-        ("stdout", "Sync to the work directory: 0 sent (0 B), 2 unchanged.\n")]
+        ("stdout", "Sync to the work directory: 0 sent (0 B), 2 unchanged.\n")
+    ]
 
     (folder / "notes.txt").write_text("notes, edited\n")  # 14 B
     (folder / "new.txt").write_text("new\n")  # 4 B
     assert ok(kc, "%remote sync") == [
-        ("stdout", "Sync to the work directory: 2 sent (18 B), 1 unchanged.\n")]
+        ("stdout", "Sync to the work directory: 2 sent (18 B), 1 unchanged.\n")
+    ]
     assert ok(kc, "%remote sync") == [
-        ("stdout", "Sync to the work directory: 0 sent (0 B), 3 unchanged.\n")]
+        ("stdout", "Sync to the work directory: 0 sent (0 B), 3 unchanged.\n")
+    ]
     assert ok(kc, "print(open('notes.txt').read(), end='')") == [("stdout", "notes, edited\n")]
 
     ok(kc, "import os\nos.makedirs('made', exist_ok=True)\nos.makedirs('scratch', exist_ok=True)\n"
@@ -317,14 +334,17 @@ def test_sync_on_start_then_sync_counts_and_down(
            "open('notes.txt', 'w').write('notes, rewritten remotely\\n')\n"  # 26 B
            "open('scratch/tmp.bin', 'w').write('x')\nopen('run.log', 'w').write('x')")  # fmt: skip
     assert ok(kc, "%remote sync --down") == [
-        ("stdout", "Sync from the work directory: 2 received (40 B), 2 unchanged.\n")]
+        ("stdout", "Sync from the work directory: 2 received (40 B), 2 unchanged.\n")
+    ]
     assert (folder / "notes.txt").read_text() == "notes, rewritten remotely\n"
     assert (folder / "made" / "out.txt").read_text() == "made remotely\n"
     assert not (folder / "scratch").exists() and not (folder / "run.log").exists()
     assert ok(kc, "%remote sync --down") == [
-        ("stdout", "Sync from the work directory: 0 received (0 B), 4 unchanged.\n")]
+        ("stdout", "Sync from the work directory: 0 received (0 B), 4 unchanged.\n")
+    ]
     assert ok(kc, "%remote sync") == [
-        ("stdout", "Sync to the work directory: 0 sent (0 B), 4 unchanged.\n")]
+        ("stdout", "Sync to the work directory: 0 sent (0 B), 4 unchanged.\n")
+    ]
 
 
 def _progress_of(outputs: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
@@ -348,7 +368,8 @@ def test_the_progress_display_ends_at_100_percent(
                         progress[-1][2])  # fmt: skip
     assert progress[-1][3].startswith('<div><progress value="100" max="100"')
     assert shown(outputs) == [
-        ("stdout", "Uploaded 1 file (3.0 MiB) to scratch/ in the work directory.\n")]
+        ("stdout", "Uploaded 1 file (3.0 MiB) to scratch/ in the work directory.\n")
+    ]
     # and the last progress message comes before the report
     assert is_progress(outputs[-2]) and outputs[-1]["msg_type"] == "stream"
 
@@ -369,11 +390,15 @@ def test_one_execution_count_per_cell_where_the_remote_counts(
     reply, outputs = run(synced_kc, "x = 6\n%remote ls data\nx * 7")
     assert reply["execution_count"] == count + 1
     assert shown(outputs) == [
-        ("stdout", "      12 B  values.csv\n"), ("result", "42", str(count + 1))]
+        ("stdout", "      12 B  values.csv\n"),
+        ("result", "42", str(count + 1)),
+    ]
     reply, outputs = run(synced_kc, "%remote ls data\nx\n%remote ls data\nx + 1")
     assert reply["execution_count"] == count + 2
     assert [o for o in shown(outputs) if o[0] == "result"] == [
-        ("result", "6", str(count + 2)), ("result", "7", str(count + 2))]
+        ("result", "6", str(count + 2)),
+        ("result", "7", str(count + 2)),
+    ]
     assert run(synced_kc, "%remote ls data")[0]["execution_count"] == count + 3
     reply, outputs = run(synced_kc, "'next'")
     assert shown(outputs) == [("result", "'next'", str(count + 4))]
@@ -382,7 +407,10 @@ def test_one_execution_count_per_cell_where_the_remote_counts(
     while (msg := synced_kc.get_shell_msg(timeout=30))["parent_header"]["msg_id"] != msg_id:
         pass
     assert [entry[2] for entry in msg["content"]["history"]] == [
-        "%remote ls data\nx\n%remote ls data\nx + 1", "%remote ls data", "'next'"]
+        "%remote ls data\nx\n%remote ls data\nx + 1",
+        "%remote ls data",
+        "'next'",
+    ]
 
 
 def test_info(synced_kc: BlockingKernelClient, server: ServerProcess, session_name: str) -> None:

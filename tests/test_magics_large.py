@@ -124,8 +124,7 @@ def test_a_200_mb_upload_keeps_the_proxy_small(
 ) -> None:
     reply, outputs, growth, _ = _measured(kernel, "%remote upload big.bin")
     assert reply["status"] == "ok", shown(outputs)
-    assert shown(outputs) == [
-        ("stdout", "Uploaded 1 file (190.7 MiB) to the work directory.\n")]
+    assert shown(outputs) == [("stdout", "Uploaded 1 file (190.7 MiB) to the work directory.\n")]
     assert growth < MAX_GROWTH
     digest = hashlib.sha256((folder / "big.bin").read_bytes()).hexdigest()
     _, outputs = execute(kernel[1], HASH.format(name="big.bin"))
@@ -197,7 +196,8 @@ def test_an_interrupt_stops_a_transfer_and_leaves_no_partial_file(
         (folder / "huge.bin").unlink()
     assert (reply["status"], reply["ename"]) == ("error", "KeyboardInterrupt")
     assert shown(outputs) == [
-        ("error", "KeyboardInterrupt", "interrupted: %remote upload huge.bin --to up")]
+        ("error", "KeyboardInterrupt", "interrupted: %remote upload huge.bin --to up")
+    ]
     # the server drops its partial file once it sees the connection closed
     check = ("import os, time\nfor _ in range(100):\n"
              "    if not os.path.exists('up') or not os.listdir('up'): break\n"

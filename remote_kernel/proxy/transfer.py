@@ -104,9 +104,7 @@ def upload_plan(cwd: Path, sources: Sequence[str], to: str) -> list[LocalItem]:
     for source in sources:
         path = cwd / os.path.expanduser(source)
         if not path.exists():
-            raise MagicError(
-                "FileNotFoundError", f"No such file or folder: {source!r} (in {cwd})."
-            )
+            raise MagicError("FileNotFoundError", f"No such file or folder: {source!r} (in {cwd}).")
         contents = source.endswith(("/", os.sep)) or os.path.normpath(source) in (".", "..")
         name = "" if contents else path.name
         if path.is_file():

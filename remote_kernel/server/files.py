@@ -49,7 +49,7 @@ def check_path_text(rel: str) -> str:
     if p.has_lone_surrogate(rel):
         raise InvalidAPIParamsError(
             f"Invalid file path {rel!r}: it is not valid Unicode (a lone surrogate such as "
-            "\"\\ud800\" in JSON, or a header filename whose bytes are not UTF-8)."
+            '"\\ud800" in JSON, or a header filename whose bytes are not UTF-8).'
         )
     try:
         decoded = unquote(rel, errors="strict")

@@ -149,8 +149,10 @@ def check_mount_targets(config: dict[str, Any]) -> None:
         if not isinstance(target, str):
             raise InvalidAPIParamsError(f"'{where}' must be a path in the work directory.")
         encoded = target.encode("utf-8")
-        if "\x00" in target or len(encoded) >= files.PATH_MAX or any(
-            len(part) > files.NAME_MAX for part in encoded.split(b"/")
+        if (
+            "\x00" in target
+            or len(encoded) >= files.PATH_MAX
+            or any(len(part) > files.NAME_MAX for part in encoded.split(b"/"))
         ):
             raise InvalidAPIParamsError(
                 f"Invalid mount destination {target[:80]!r} in '{where}': no NUL, names of at "

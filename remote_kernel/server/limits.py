@@ -38,7 +38,7 @@ CFS_PERIOD_US = 100_000
 def parse_size(value: Any, *, what: str = "mem") -> int:
     """Bytes from ``512m``, ``1g``, ``1.5GiB``, ``268435456`` (Backend.AI's binary sizes)."""
     if isinstance(value, bool):
-        raise InvalidAPIParamsError(f"{what!r} must be a size such as \"512m\" or \"2g\".")
+        raise InvalidAPIParamsError(f'{what!r} must be a size such as "512m" or "2g".')
     if isinstance(value, int | float):
         if value <= 0 or not math.isfinite(value):
             raise InvalidAPIParamsError(f"{what!r} must be a positive size, not {value!r}.")
@@ -46,7 +46,7 @@ def parse_size(value: Any, *, what: str = "mem") -> int:
     match = _SIZE_RE.match(value) if isinstance(value, str) else None
     if match is None:
         raise InvalidAPIParamsError(
-            f"{what!r} must be a size such as \"512m\" or \"2g\", not {str(value)[:40]!r}."
+            f'{what!r} must be a size such as "512m" or "2g", not {str(value)[:40]!r}.'
         )
     size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     if size <= 0:

@@ -279,9 +279,7 @@ class SessionManager:
             else:
                 session_id = str(uuid.uuid4())
                 sdir = self.sessions_dir / session_id
-                runner = self._new_runner(
-                    session_id, owner, kernel_name, env, resources, folders
-                )
+                runner = self._new_runner(session_id, owner, kernel_name, env, resources, folders)
                 await self._start_runner(runner, sdir)
             if self._epoch != epoch:  # shutdown_all began while this kernel started
                 await runner.shutdown()

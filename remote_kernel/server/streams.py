@@ -80,9 +80,7 @@ async def _run_over_socket(
     ws: web.WebSocketResponse, session: Any, settings: ServerSettings
 ) -> web.WebSocketResponse:
     try:
-        req = _first_request(
-            await ws.receive(), jupyter=settings.offers(p.FEATURE_JUPYTER_CONSOLE)
-        )
+        req = _first_request(await ws.receive(), jupyter=settings.offers(p.FEATURE_JUPYTER_CONSOLE))
     except InvalidAPIParamsError as exc:
         await ws.send_json({"status": "error", "msg": f"Invalid API parameters: {exc}"})
         await ws.close()
