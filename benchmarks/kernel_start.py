@@ -1,5 +1,6 @@
-"""Kernel start-up through jupyter_client: local ipykernel, the proxy started cold, the proxy
-forked from its fork server; and what each costs in memory.
+"""Kernel start-up through jupyter_client: local ipykernel, the proxy's first start (no fork
+server yet: it runs in-process and starts one), the proxy started cold (no fork server, none
+started), the proxy forked from its fork server; and what each costs in memory.
 
     python benchmarks/kernel_start.py [--starts 9]
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,11 +32,12 @@ from jupyter_client.manager import AsyncKernelManager
 from remote_kernel.demo import DemoServer
 from remote_kernel.kernelspec import install
 from remote_kernel.proxy import launch
-from remote_kernel.proxy.forkserver import kernel_of
+from remote_kernel.proxy.forkserver import kernel_of, servers_in, stop_servers
 
 SPEC = "remote-start-bench"
-KINDS = {"local": ("python3", {}), "proxy cold": (SPEC, {launch.SWITCH_ENV: "0"}),
-         "proxy forked": (SPEC, {})}  # fmt: skip
+KINDS = {"local": ("python3", {}), "proxy first": (SPEC, {}),
+         "proxy cold": (SPEC, {launch.SWITCH_ENV: "0"}), "proxy forked": (SPEC, {})}  # fmt: skip
+MEASURED_FOR_MEMORY = ("local", "proxy cold", "proxy forked")
 
 
 async def start(kernel_name: str, env: dict[str, str]) -> tuple[AsyncKernelManager, Any, float]:
@@ -101,20 +104,29 @@ async def main() -> int:
         times: dict[str, list[float]] = {kind: [] for kind in KINDS}
         for _ in range(args.starts):
             for kind, (name, env) in KINDS.items():
+                first_dir = (
+                    Path(tempfile.mkdtemp(prefix="rkfs-")) if kind == "proxy first" else None
+                )
+                if first_dir is not None:  # no fork server there: one is started beside the kernel
+                    env = {**env, launch.DIR_ENV: str(first_dir)}
                 km, kc, took = await start(name, env)
                 times[kind].append(took)
                 await stop(km, kc)
+                if first_dir is not None:
+                    stop_servers(first_dir)
+                    shutil.rmtree(first_dir, ignore_errors=True)
                 await asyncio.sleep(0.7)  # let the server's pool refill
         print(f"start -> first result, {args.starts} starts each (s): median [min, max]")
         for kind, values in times.items():
             print(f"  {kind:13} {statistics.median(values):.3f} "
                   f"[{min(values):.3f}, {max(values):.3f}]")  # fmt: skip
         local = statistics.median(times["local"])
-        for kind in ("proxy cold", "proxy forked"):
+        for kind in ("proxy first", "proxy cold", "proxy forked"):
             print(f"  {kind} / local: {statistics.median(times[kind]) / local:.2f}x")
 
         print("\nmemory with three kernels of each kind running (MB per kernel: RSS / PSS / USS)")
-        for kind, (name, env) in KINDS.items():
+        for kind in MEASURED_FOR_MEMORY:
+            name, env = KINDS[kind]
             running = [await start(name, env) for _ in range(3)]
             try:
                 per: list[dict[str, int]] = []
@@ -133,18 +145,14 @@ async def main() -> int:
             finally:
                 for km, kc, _ in running:
                     await stop(km, kc)
-        for lock in fs_dir.glob("*.lock"):
-            pid = int(lock.read_text())
+        for pid in servers_in(fs_dir):
             m = memory(pid)
             print(f"  fork server   {m['rss'] / 1024:5.1f} / {m['pss'] / 1024:5.1f} / "
                   f"{m['uss'] / 1024:5.1f} (one per user and installation, idle)")  # fmt: skip
     finally:
         server.stop()
-        for lock in fs_dir.glob("*.lock"):
-            try:
-                os.kill(int(lock.read_text()), 15)
-            except (OSError, ValueError):
-                pass
+        stop_servers(fs_dir)
+        shutil.rmtree(fs_dir, ignore_errors=True)
     return 0
 
 

@@ -88,6 +88,7 @@ import aiohttp
 from stats import percentile  # benchmarks/stats.py
 
 from remote_kernel.demo import log_tail
+from remote_kernel.proxy.forkserver import stop_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 RELAY_SCRIPT = ROOT / "tests" / "relay.py"
@@ -422,7 +423,7 @@ def setup_proxy(
 
         system.stoppers.append(stop_server)
         fork_servers = Path(tempfile.mkdtemp(prefix="rkfs-"))
-        system.stoppers.append(lambda: stop_fork_servers(fork_servers))
+        system.stoppers.append(lambda: stop_servers(fork_servers))
         server.start(timeout=60)
         host, _, port = server.endpoint.removeprefix("http://").partition(":")
         system.relay = RelayProcess(host, int(port), workdir / "relay.log")
@@ -452,17 +453,6 @@ def setup_proxy(
     except Exception as exc:
         system.error = f"{type(exc).__name__}: {exc}"
     return system
-
-
-def stop_fork_servers(directory: Path) -> None:
-    pids = []
-    for lock in directory.glob("*.lock"):
-        with contextlib.suppress(OSError, ValueError):
-            pids.append(int(lock.read_text()))
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    reap(pids, 10.0)
 
 
 def setup_gateway(workdir: Path, nodelay: bool) -> System:

@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
+from remote_kernel.proxy.forkserver import stop_servers
 from remote_kernel.server.app import make_app
 from remote_kernel.server.keystore import KeyStore
 from remote_kernel.server.sessions import SessionManager
 from remote_kernel.server.settings import ServerSettings
 
-from .kernel_helpers import stop_fork_servers
 from .rawapi import RawAPI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def _isolated_jupyter_dirs() -> Iterator[None]:
     os.environ.pop("BACKEND_ACCESS_KEY", None)
     os.environ.pop("BACKEND_SECRET_KEY", None)
     yield
-    stop_fork_servers(forkservers)
+    stop_servers(forkservers)
     shutil.rmtree(forkservers, ignore_errors=True)
     os.environ.clear()
     os.environ.update(saved)

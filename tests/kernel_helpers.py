@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,39 +81,3 @@ def execute(
 
     reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook, **kw)
     return reply["content"], outputs
-
-
-def fork_servers(directory: Path) -> list[int]:
-    """The pids of the live fork servers in ``directory`` (from their lock files)."""
-    pids = []
-    for lock in directory.glob("*.lock"):
-        try:
-            pid = int(lock.read_text().strip() or 0)
-        except (OSError, ValueError):
-            continue
-        if pid and _alive(pid):
-            pids.append(pid)
-    return pids
-
-
-def stop_fork_servers(directory: Path, grace: float = 10.0) -> None:
-    """SIGTERM the fork servers in ``directory`` (they wait for their kernels), then SIGKILL."""
-    pids = fork_servers(directory)
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
-    for pid in pids:
-        if _alive(pid):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"

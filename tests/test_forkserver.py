@@ -23,16 +23,14 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 from remote_kernel.proxy import launch
-from remote_kernel.proxy.forkserver import kernel_of
+from remote_kernel.proxy.forkserver import kernel_of, servers_in, stop_servers
 
 from .conftest import ServerProcess
 from .kernel_helpers import (
     TIMEOUT,
     execute,
-    fork_servers,
     install_kernelspec,
     running_kernel,
-    stop_fork_servers,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -44,7 +42,7 @@ def fs_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv(launch.DIR_ENV, str(directory))
     monkeypatch.delenv(launch.SWITCH_ENV, raising=False)
     yield directory
-    stop_fork_servers(directory)
+    stop_servers(directory)
     shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -54,17 +52,17 @@ def spec(server: ServerProcess) -> str:
     return "rk-forked"
 
 
-def _spawn_server() -> None:
+def _spawn_server(warm_after: float = 0) -> None:
     """Start a fork server as a launcher would: from a fresh interpreter, whose ``sys.path`` (and
     so the socket's fingerprint) is the kernel's, whatever path pytest was started with."""
-    code = "from remote_kernel.proxy import launch; launch.spawn_server()"
+    code = f"from remote_kernel.proxy import launch; launch.spawn_server({warm_after})"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
 
 
 def _wait_for_server(directory: Path, timeout: float = 30) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = fork_servers(directory)
+        pids = servers_in(directory)
         if pids and list(directory.glob("*.sock")):
             return pids[0]
         time.sleep(0.05)
@@ -155,7 +153,32 @@ def test_the_first_start_runs_in_process_and_starts_a_server_the_next_is_forked(
         assert (reply["status"], reply["ename"]) == ("error", "ZeroDivisionError")
     assert _gone(kernel)
     assert _logged(fs_dir, f"kernel {kernel} ended (0)"), _log(fs_dir)
-    assert fork_servers(fs_dir) == [server_pid]  # it stays for the next kernel
+    assert servers_in(fs_dir) == [server_pid]  # it stays for the next kernel
+
+
+def test_a_server_waits_before_warming_up_and_kernels_start_in_process_meanwhile(
+    fs_dir: Path, spec: str
+) -> None:
+    """A server started beside an in-process kernel leaves that kernel's start the CPU: it holds
+    its lock at once (no second server is started) and listens only after ``warm_after``."""
+    started = time.monotonic()
+    _spawn_server(warm_after=4)
+    deadline = started + 30
+    while not servers_in(fs_dir):
+        assert time.monotonic() < deadline, _log(fs_dir)
+        time.sleep(0.02)
+    server = servers_in(fs_dir)[0]
+    with running_kernel(spec) as (km, kc):  # meanwhile: in-process, and no other server
+        launcher = km.provisioner.process.pid  # type: ignore[union-attr]
+        assert _outputs(kc, "1 + 1") == [("result", "2")]
+    assert f"for launcher {launcher} " not in _log(fs_dir)
+    assert servers_in(fs_dir) == [server]
+    assert _wait_for_server(fs_dir) == server
+    assert time.monotonic() - started >= 4
+    with running_kernel(spec) as (km, kc):  # then forked
+        launcher = km.provisioner.process.pid  # type: ignore[union-attr]
+        assert _ppid(_forked_for(fs_dir, launcher)) == server
+        assert _outputs(kc, "1 + 1") == [("result", "2")]
 
 
 def test_killing_the_launcher_kills_its_kernel(fs_dir: Path, spec: str) -> None:

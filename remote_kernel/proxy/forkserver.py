@@ -1,7 +1,8 @@
 """The fork server: the proxy kernel's modules loaded once, one forked kernel per launcher.
 
-``python -m remote_kernel.proxy.forkserver SOCKET`` (started by :func:`launch.spawn_server`)
-takes the lock beside ``SOCKET`` (one server per socket), imports what the kernel needs, then
+``python -m remote_kernel.proxy.forkserver SOCKET [--warm-after S]`` (started by
+:func:`launch.spawn_server`) takes the lock beside ``SOCKET`` (one server per socket), waits
+``S`` seconds (so as not to slow the kernel start beside it), imports what the kernel needs, then
 accepts launchers (:mod:`remote_kernel.proxy.launch`, which documents the wire format) on a
 0600 Unix socket, from its own user only. For each it forks: the child takes the launcher's
 standard streams, arguments, environment and working directory, watches the launcher, and runs
@@ -299,6 +300,44 @@ def kernel_of(directory: Path, launcher: int) -> int | None:
     return None
 
 
+def servers_in(directory: Path) -> list[int]:
+    """The pids of the live fork servers whose sockets are in ``directory`` (from their lock
+    files, which a server holds from its start, warm-up included, to its end)."""
+    pids = []
+    for lock in directory.glob("*.lock"):
+        try:
+            pid = int(lock.read_text().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if pid and _alive(pid):
+            pids.append(pid)
+    return pids
+
+
+def stop_servers(directory: Path, grace: float = 10.0) -> None:
+    """SIGTERM the fork servers in ``directory`` (they wait for their kernels), then SIGKILL
+    what is left after ``grace`` seconds."""
+    pids = servers_in(directory)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def log(text: str) -> None:
     print(
         f"[remote-kernel fork server {time.strftime('%H:%M:%S')}] {text}",
@@ -309,8 +348,15 @@ def log(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m remote_kernel.proxy.forkserver SOCKET", file=sys.stderr)
+    warm_after = 0.0
+    if len(args) == 3 and args[1] == "--warm-after":
+        with contextlib.suppress(ValueError):
+            warm_after = max(0.0, float(args[2]))
+    elif len(args) != 1:
+        print(
+            "usage: python -m remote_kernel.proxy.forkserver SOCKET [--warm-after SECONDS]",
+            file=sys.stderr,
+        )
         return 2
     path = Path(args[0])
     lock_fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o600)
@@ -324,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         idle = float(os.environ.get(IDLE_ENV) or DEFAULT_IDLE)
     except ValueError:
         idle = DEFAULT_IDLE
+    time.sleep(warm_after)  # the lock is held: launchers start in-process meanwhile
     warm()
     return ForkServer(path, idle, lock_fd).serve()
 
