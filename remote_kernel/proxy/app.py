@@ -18,6 +18,7 @@ from jupyter_core.paths import jupyter_config_path
 from traitlets import Type
 from traitlets.config import Application
 
+from .iopub import holding_iopub
 from .kernel import RemoteKernel
 
 CONFIG_FILE_NAME = "jupyter_remote_kernel_config"
@@ -40,6 +41,10 @@ class RemoteKernelApp(IPKernelApp):
         # thread meanwhile, so the kernel answers its first kernel_info that much sooner
         threading.Thread(target=_preload, name="remote-kernel-preload", daemon=True).start()
         super().initialize(argv)
+
+    def init_iopub(self, context: Any) -> None:
+        with holding_iopub():  # what it publishes before a client listens reaches that client
+            super().init_iopub(context)
 
     def load_config_file(self, *args: Any, **kwargs: Any) -> None:
         super().load_config_file(*args, **kwargs)  # the IPython profile files
