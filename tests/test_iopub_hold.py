@@ -1,5 +1,5 @@
 """What the proxy kernel publishes before a client's IOPub is connected reaches that client
-(remote_kernel/proxy/iopub.py): a real proxy kernel through jupyter_client, against a local
+(remote_kernel/proxy/iopub_hold.py): a real proxy kernel through jupyter_client, against a local
 ipykernel, which drops it."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
-from remote_kernel.proxy.iopub import HOLD_SECONDS
+from remote_kernel.proxy.iopub_hold import HOLD_SECONDS
 
 from .conftest import ServerProcess
 from .kernel_helpers import TIMEOUT, install_kernelspec

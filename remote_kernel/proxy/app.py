@@ -18,7 +18,7 @@ from jupyter_core.paths import jupyter_config_path
 from traitlets import Type
 from traitlets.config import Application
 
-from .iopub import holding_iopub
+from .iopub_hold import holding_iopub
 from .kernel import RemoteKernel
 
 CONFIG_FILE_NAME = "jupyter_remote_kernel_config"

@@ -38,7 +38,7 @@ from .launch import DEFAULT_IDLE, HEADER, IDLE_ENV, MAX_REQUEST, lock_path
 #: Modules every kernel needs before it answers its first cell.
 WARM = (
     "remote_kernel.proxy.app",
-    "remote_kernel.proxy.iopub",
+    "remote_kernel.proxy.iopub_hold",
     "remote_kernel.proxy.kernel",
     "remote_kernel.proxy.early",
     "remote_kernel.proxy.channel",
