@@ -48,9 +48,10 @@ class HoldingIOPubThread(IOPubThread):
     def _really_send(self, msg: Any, *args: Any, **kwargs: Any) -> None:
         held = self._held
         if held is not None:
-            if len(held) < HOLD_MESSAGES and time.monotonic() < self._hold_until:
+            left = self._hold_until - time.monotonic()
+            if len(held) < HOLD_MESSAGES and left > 0:
                 if not held:  # nobody may come: stop holding then
-                    self.io_loop.call_later(HOLD_SECONDS, self._release)
+                    self.io_loop.call_later(left, self._release)
                 held.append((msg, args, kwargs))
                 return
             self._release()
