@@ -271,9 +271,10 @@ class RemoteKernel(IntrospectionMixin, Kernel):
         """Answer with the remote's language and banner: wait for the session, at most until
         ``kernel_info_wait`` seconds after the kernel started (however many requests come:
         frontends repeat kernel_info on shell and control until one is answered)."""
-        task = self.remote.creating
-        while task is not None and not task.done():
-            if time.monotonic() >= self._started_at + self.kernel_info_wait:
+        while time.monotonic() < self._started_at + self.kernel_info_wait:
+            task = self.remote.creating  # None until _begin ran: a request can come first
+            if task is not None and task.done():
+                self._adopt_kernel_info(task)  # its done callback may not have run yet
                 break
             await asyncio.sleep(0.02)
         await super().kernel_info_request(socket, ident, parent)
