@@ -153,6 +153,7 @@ async def main() -> int:
         server.stop()
         stop_servers(fs_dir)
         shutil.rmtree(fs_dir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -423,7 +423,12 @@ def setup_proxy(
 
         system.stoppers.append(stop_server)
         fork_servers = Path(tempfile.mkdtemp(prefix="rkfs-"))
-        system.stoppers.append(lambda: stop_servers(fork_servers))
+
+        def stop_fork_servers() -> None:
+            stop_servers(fork_servers)
+            shutil.rmtree(fork_servers, ignore_errors=True)
+
+        system.stoppers.append(stop_fork_servers)
         server.start(timeout=60)
         host, _, port = server.endpoint.removeprefix("http://").partition(":")
         system.relay = RelayProcess(host, int(port), workdir / "relay.log")

@@ -29,6 +29,7 @@ from remote_kernel.server.keystore import KeyStore
 from remote_kernel.server.sessions import SessionManager
 from remote_kernel.server.settings import ServerSettings
 
+from .kernel_helpers import TEST_TMP_ENV
 from .rawapi import RawAPI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +40,7 @@ def _isolated_jupyter_dirs() -> Iterator[None]:
     """Keep tests away from the user's Jupyter config, runtime and IPython profile."""
     base = Path(tempfile.mkdtemp(prefix="rk-jupyter-"))
     saved = dict(os.environ)
+    os.environ[TEST_TMP_ENV] = str(base)  # kernelspecs the tests install go here too
     os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
     os.environ["JUPYTER_CONFIG_DIR"] = str(base / "config")
     os.environ["JUPYTER_RUNTIME_DIR"] = str(base / "runtime")
@@ -59,6 +61,7 @@ def _isolated_jupyter_dirs() -> Iterator[None]:
     shutil.rmtree(forkservers, ignore_errors=True)
     os.environ.clear()
     os.environ.update(saved)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass

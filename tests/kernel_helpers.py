@@ -18,6 +18,10 @@ from jupyter_client.manager import KernelManager, start_new_kernel
 TIMEOUT = 60
 
 
+#: The session's temp dir (set by conftest), for what tests leave on disk.
+TEST_TMP_ENV = "REMOTE_KERNEL_TEST_TMP"
+
+
 def install_kernelspec(
     name: str,
     env: Mapping[str, str],
@@ -30,7 +34,8 @@ def install_kernelspec(
 
     Returns the prefix's ``share/jupyter`` directory.
     """
-    prefix = prefix or Path(tempfile.mkdtemp(prefix="rk-spec-"))
+    # under the session's temp dir (conftest), removed with it
+    prefix = prefix or Path(tempfile.mkdtemp(prefix="rk-spec-", dir=os.environ.get(TEST_TMP_ENV)))
     src = prefix / "src" / name
     src.mkdir(parents=True, exist_ok=True)
     spec: dict[str, Any] = {
