@@ -16,14 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from jupyter_client.manager import start_new_kernel
 
 from remote_kernel.proxy import launch
-from remote_kernel.proxy.forkserver import kernel_of, servers_in, stop_servers
+from remote_kernel.proxy.forkserver import alive, kernel_of, servers_in, stop_servers
 
 from .conftest import ServerProcess
 from .kernel_helpers import (
@@ -59,15 +59,24 @@ def _spawn_server(warm_after: float = 0) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
 
 
-def _wait_for_server(directory: Path, timeout: float = 30) -> int:
+def _until(ready: Callable[[], object], timeout: float) -> object:
+    """Poll ``ready`` every 50 ms until it gives something true; that, or None at ``timeout``."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids = servers_in(directory)
-        if pids and list(directory.glob("*.sock")):
-            return pids[0]
+    while True:
+        found = ready()
+        if found or time.monotonic() > deadline:
+            return found or None
         time.sleep(0.05)
-    logs = "".join(p.read_text() for p in directory.glob("*.log"))
-    raise AssertionError(f"no fork server came up in {directory}; log:\n{logs}")
+
+
+def _wait_for_server(directory: Path, timeout: float = 30) -> int:
+    def listening() -> int | None:
+        pids = servers_in(directory)
+        return pids[0] if pids and list(directory.glob("*.sock")) else None
+
+    pid = _until(listening, timeout)
+    assert isinstance(pid, int), f"no fork server came up in {directory}; log:\n{_log(directory)}"
+    return pid
 
 
 def _log(directory: Path) -> str:
@@ -77,36 +86,19 @@ def _log(directory: Path) -> str:
 def _logged(directory: Path, line: str, timeout: float = 10) -> bool:
     """Whether the fork server logs ``line`` within ``timeout`` (it reaps its children in its
     own loop, so a kernel can be a zombie, gone for ``_gone``, before its end is logged)."""
-    deadline = time.monotonic() + timeout
-    while line not in _log(directory):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return _until(lambda: line in _log(directory), timeout) is not None
 
 
 def _forked_for(directory: Path, launcher: int, timeout: float = 10) -> int:
     """The pid of the kernel forked for ``launcher`` (from the fork server's log)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        kernel = kernel_of(directory, launcher)
-        if kernel is not None:
-            return kernel
-        time.sleep(0.05)
-    raise AssertionError(f"no kernel forked for {launcher}; log:\n{_log(directory)}")
+    kernel = _until(lambda: kernel_of(directory, launcher), timeout)
+    assert isinstance(kernel, int), f"no kernel forked for {launcher}; log:\n{_log(directory)}"
+    return kernel
 
 
 def _gone(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.05)
-    return False
+    """Whether ``pid`` ends (or is a zombie) within ``timeout``."""
+    return _until(lambda: not alive(pid), timeout) is not None
 
 
 def _ppid(pid: int) -> int:
@@ -163,10 +155,7 @@ def test_a_server_waits_before_warming_up_and_kernels_start_in_process_meanwhile
     its lock at once (no second server is started) and listens only after ``warm_after``."""
     started = time.monotonic()
     _spawn_server(warm_after=4)
-    deadline = started + 30
-    while not servers_in(fs_dir):
-        assert time.monotonic() < deadline, _log(fs_dir)
-        time.sleep(0.02)
+    assert _until(lambda: servers_in(fs_dir), 30), _log(fs_dir)
     server = servers_in(fs_dir)[0]
     with running_kernel(spec) as (km, kc):  # meanwhile: in-process, and no other server
         launcher = km.provisioner.process.pid  # type: ignore[union-attr]

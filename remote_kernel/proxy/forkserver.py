@@ -310,7 +310,7 @@ def servers_in(directory: Path) -> list[int]:
             pid = int(lock.read_text().strip() or 0)
         except (OSError, ValueError):
             continue
-        if pid and _alive(pid):
+        if pid and alive(pid):
             pids.append(pid)
     return pids
 
@@ -323,15 +323,16 @@ def stop_servers(directory: Path, grace: float = 10.0) -> None:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)
     for pid in pids:
-        if _alive(pid):
+        if alive(pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
